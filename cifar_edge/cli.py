@@ -1,0 +1,196 @@
+"""The `cifar-edge` command line (click).
+
+Heavy packages are imported inside each command, never at module level:
+`infer` must start without TensorFlow, and `--help` must be instant.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from cifar_edge import __version__
+from cifar_edge.errors import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_SOME_INPUTS_FAILED,
+    EXIT_WRITE_FAILED,
+    BadInputError,
+    CifarEdgeError,
+    MissingDependencyError,
+)
+
+# Keep TensorFlow's C++ start-up chatter out of the user's terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed.*")
+
+_TRAIN_ONLY = {"tensorflow", "keras", "tf2onnx", "onnx", "sklearn", "matplotlib"}
+
+
+def _need_train_extra(exc: ImportError) -> MissingDependencyError:
+    name = (exc.name or "").split(".")[0]
+    return MissingDependencyError(
+        f"this command needs {name or 'the training packages'}: pip install 'cifar-edge[train]'"
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="cifar-edge")
+def cli() -> None:
+    """Train a small Keras CIFAR-10 classifier, export it to ONNX (fp32 and int8),
+    and run it on CPUs.
+
+    \b
+    Typical flow:
+      cifar-edge train --data DATA --out runs/seed
+      cifar-edge export runs/seed/model.keras --quantize
+      cifar-edge infer runs/seed/model.int8.onnx images/
+      cifar-edge evaluate runs/seed --data DATA
+      cifar-edge bench runs/seed
+    """
+
+
+# --- train -------------------------------------------------------------------------
+
+def _preset_help() -> str:
+    # recipes.py is plain dataclasses (no TensorFlow): safe to read for --help.
+    from cifar_edge.trainer.recipes import RECIPES
+
+    lines = ["\b", "Preset recipes (flags override):"]
+    for name, r in RECIPES.items():
+        stop = f"early stop {r.early_stopping_patience}" if r.early_stopping_patience is not None else "no early stop"
+        sched = (f"ReduceLROnPlateau {r.reduce_lr_factor:g}/{r.reduce_lr_patience}"
+                 if r.schedule == "plateau" else "one-cycle")
+        lines.append(f"  {name}: {r.epochs} epochs, batch {r.batch_size}, lr {r.learning_rate:g} {sched}, "
+                     f"{stop}, {r.augment}, wd {r.weight_decay:g}, smoothing {r.label_smoothing:g}")
+    return "\n".join(lines)
+
+
+_DATA_HELP = ("cifar-10-batches-py folder, cifar-10-python.tar.gz, or image folders "
+              "(train/<class>/..., test/<class>/...).")
+
+
+@cli.command(epilog=_preset_help() + "\n\n" + EXIT_CODES_HELP)
+@click.option("--model", "model_name", type=click.Choice(["seed", "resnet8", "edge"]), default="seed",
+              show_default=True, help="Preset: seed = the notebook CNN exactly; resnet8 = MLPerf Tiny ResNet-8; "
+              "edge = the project's best network for a 2-core CPU.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help=_DATA_HELP + " Default: the Keras CIFAR-10 download.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder.  [default: runs/<model>]")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.  [default: the preset's]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: the preset's]")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate.  [default: the preset's]")
+@click.option("--seed", type=int, default=42, show_default=True, help="Random seed (weights, split, shuffling).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N images per class of each split (quick runs).")
+@click.option("--val-size", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Stratified validation hold-out from the training set (capped at 20%).")
+@click.option("--val-on-test", is_flag=True,
+              help="Validate (and early-stop) on the test set, as the original notebook did.")
+def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit, val_size, val_on_test) -> None:
+    """Train a preset on CIFAR-10 and write the model and its reports.
+
+    Writes OUT/model.keras, training.json (class names, preprocessing,
+    recipe, metrics), history.json/.csv, test_metrics.json,
+    classification_report.txt, confusion_matrix.png, training_curves.png.
+    """
+    try:
+        from cifar_edge.trainer.fit import TrainConfig
+        from cifar_edge.trainer.fit import train as run_train
+        from cifar_edge.trainer.recipes import RECIPES
+    except ImportError as exc:
+        raise _need_train_extra(exc) from None
+    recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    config = TrainConfig(model=model_name, recipe=recipe, out=out or Path("runs") / model_name, data=data,
+                         seed=seed, limit=limit, val_size=val_size, val_on_test=val_on_test)
+    run_train(config, echo=click.echo)
+
+
+
+
+# --- infer -------------------------------------------------------------------------
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Manifest JSON.  [default: manifest.json beside MODEL]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write results to FILE (atomically) instead of stdout.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="onnxruntime intra-op threads (0 = all cores).")
+def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads) -> None:
+    """Classify image files and folders (recursive) with an exported ONNX model.
+
+    Any image Pillow reads, any size or mode (converted to 32x32 RGB).  An
+    unreadable file is reported on stderr and skipped; the exit code is then 1.
+    """
+    from cifar_edge.runtime.classifier import Classifier
+    from cifar_edge.runtime.files import write_text
+    from cifar_edge.runtime.images import find_images
+    from cifar_edge.runtime.infer import predict_files
+    from cifar_edge.runtime.manifest import Manifest
+    from cifar_edge.runtime.output import format_predictions
+
+    try:
+        files = find_images(paths)
+    except FileNotFoundError as exc:
+        raise BadInputError(f"no such file or folder: {exc}") from None
+    if not files:
+        raise BadInputError("no image files found in " + ", ".join(map(str, paths)))
+    classifier = Classifier(model, Manifest.load(manifest) if manifest else None, threads=threads or None)
+    results = []
+    for prediction in predict_files(classifier, files, batch_size=batch_size, top_k=top_k):
+        if not prediction.ok:
+            click.echo(f"skipped {prediction.path}: {prediction.error}", err=True)
+        results.append(prediction)
+    text = format_predictions(results, fmt, top_k)
+    if output:
+        write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+    failed = sum(not r.ok for r in results)
+    click.echo(f"{len(results) - failed} classified, {failed} failed", err=True)
+    if failed:
+        sys.exit(EXIT_SOME_INPUTS_FAILED)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI, mapping errors to one line and an exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="cifar-edge", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CifarEdgeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in _TRAIN_ONLY:
+            err = _need_train_extra(exc)
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.code)
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            click.echo(f"error: cannot write output: {exc.strerror} ({exc.filename})", err=True)
+            sys.exit(EXIT_WRITE_FAILED)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)

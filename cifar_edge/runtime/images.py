@@ -1,0 +1,107 @@
+"""Decode any image Pillow can read into the 32x32 RGB uint8 the model expects.
+
+Training reads its JPEG folders through `load_image` too, so a test image
+reaches the ONNX model with exactly the pixels Keras saw.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cifar_edge.runtime.manifest import IMAGE_SIZE
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageReadError(Exception):
+    """An image file could not be decoded; the message says why."""
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions Pillow can open (lower case, with the dot)."""
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN)
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted, de-duplicated list.
+
+    Files named explicitly are always kept (a bad one is reported later);
+    inside folders only files with an image extension Pillow knows are kept.
+    Raises FileNotFoundError for a path that does not exist.
+    """
+    extensions = image_extensions()
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            candidates = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions
+            )
+        elif path.exists():
+            candidates = [path]
+        else:
+            raise FileNotFoundError(str(path))
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(candidate)
+    return found
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    16/32-bit grayscale is scaled down (not clipped), transparency is
+    composited onto white, palette/CMYK/LAB/YCbCr go through Pillow's
+    converters.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        peak = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+        array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarray:
+    """Read one image file as a (size, size, 3) uint8 array.
+
+    Images of another size are resized with Pillow's bilinear filter (which
+    antialiases when shrinking).  Raises ImageReadError with a short reason.
+    """
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            image.load()
+            rgb = to_rgb(image)
+    except FileNotFoundError:
+        raise ImageReadError("file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError("not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot decode image ({exc})") from None
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,239 @@
+"""`cifar-edge train`: load data, build a preset, fit it with its recipe, write reports."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifar_edge.datasets import Dataset, Split, load_dataset
+from cifar_edge.errors import BadInputError
+from cifar_edge.runtime.files import atomic_path, write_json, write_text
+from cifar_edge.runtime.manifest import Preprocessing
+from cifar_edge.trainer.recipes import Recipe
+
+MODEL_FILE = "model.keras"
+TRAINING_FILE = "training.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one `train` run needs; the recipe holds the preset's defaults."""
+
+    model: str
+    recipe: Recipe
+    out: Path
+    data: str | None = None
+    seed: int = 42
+    limit: int | None = None
+    val_size: int = 5000
+    val_on_test: bool = False
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+
+def holdout_split(split: Split, size: int, seed: int) -> tuple[Split, Split]:
+    """Stratified hold-out of `size` images (capped at 20% of the set) for validation."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(split)
+    size = min(size, n // 5)
+    n_classes = len(np.unique(split.labels))
+    if size < n_classes:
+        raise BadInputError(f"training set of {n} images is too small for a validation hold-out")
+    train_idx, val_idx = train_test_split(
+        np.arange(n), test_size=size, stratify=split.labels, random_state=seed
+    )
+    return (Split(split.images[train_idx], split.labels[train_idx]),
+            Split(split.images[val_idx], split.labels[val_idx]))
+
+
+class EpochLog:
+    """A Keras callback printing one line per epoch with time and ETA."""
+
+    def __new__(cls, total_epochs: int, echo: Callable[[str], None]):
+        import keras
+
+        class _EpochLog(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch_start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                now = time.perf_counter()
+                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                parts = [f"epoch {epoch + 1}/{total_epochs}"]
+                for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                    if key in logs:
+                        parts.append(f"{key} {logs[key]:.4f}")
+                parts.append(f"lr {lr:.2e}")
+                parts.append(f"{now - self.epoch_start:.1f}s")
+                per_epoch = (now - self.start) / (epoch + 1)
+                parts.append(f"eta<={per_epoch * (total_epochs - epoch - 1):.0f}s")
+                echo("  ".join(parts))
+
+        return _EpochLog()
+
+
+def _optimizer(recipe: Recipe, steps_per_epoch: int):
+    import keras
+
+    lr: Any = recipe.learning_rate
+    if recipe.schedule == "onecycle":
+        total = max(1, steps_per_epoch * recipe.epochs)
+        warmup = max(1, int(0.15 * total))
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=recipe.learning_rate / 10,
+            decay_steps=max(1, total - warmup),
+            alpha=0.0,
+            warmup_target=recipe.learning_rate,
+            warmup_steps=warmup,
+        )
+    elif recipe.schedule != "plateau":
+        raise BadInputError(f"unknown schedule {recipe.schedule!r}")
+    if recipe.weight_decay:
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=recipe.weight_decay)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def _callbacks(recipe: Recipe, echo):
+    import keras
+
+    callbacks = [EpochLog(recipe.epochs, echo)]
+    if recipe.early_stopping_patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True
+        ))
+    if recipe.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=recipe.reduce_lr_factor, patience=recipe.reduce_lr_patience
+        ))
+    return callbacks
+
+
+def predict_probabilities(model, images: np.ndarray, preprocessing: Preprocessing,
+                          batch_size: int = 256) -> np.ndarray:
+    """Keras class probabilities for uint8 images, preprocessed as in training."""
+    from cifar_edge.trainer.pipeline import eval_dataset
+
+    return model.predict(eval_dataset(images, None, batch_size, preprocessing), verbose=0)
+
+
+def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one training job end to end; returns the summary written to training.json."""
+    import keras
+    import tensorflow as tf
+
+    from cifar_edge import reports
+    from cifar_edge.trainer.macs import count_macs
+    from cifar_edge.trainer.models import build_model
+    from cifar_edge.trainer.pipeline import eval_dataset, train_dataset
+
+    started = time.perf_counter()
+    recipe = config.recipe
+    keras.utils.set_random_seed(config.seed)
+
+    dataset: Dataset = load_dataset(config.data, limit_per_class=config.limit, progress=echo)
+    train_split = dataset.split("train")
+    test_split = dataset.split("test")
+    if config.val_on_test:
+        fit_split, val_split, val_name = train_split, test_split, "test set (as in the notebook)"
+    else:
+        fit_split, val_split = holdout_split(train_split, config.val_size, config.seed)
+        val_name = f"stratified hold-out of {len(val_split)} training images"
+    loaded_s = time.perf_counter() - started
+    echo(f"data: {dataset.source}: {len(fit_split)} train, {len(val_split)} validation ({val_name}), "
+         f"{len(test_split)} test; loaded in {loaded_s:.1f}s")
+
+    num_classes = len(dataset.class_names)
+    model = build_model(config.model, num_classes)
+    params, macs = model.count_params(), count_macs(model)
+    echo(f"model: {config.model}: {params:,} parameters, {macs / 1e6:.1f}M MACs per image")
+
+    def one_hot(x, y):
+        return x, tf.one_hot(y, num_classes)
+
+    train_ds = train_dataset(fit_split.images, fit_split.labels, recipe.batch_size,
+                             config.preprocessing, recipe.augment, recipe.shift, config.seed).map(one_hot)
+    val_ds = eval_dataset(val_split.images, val_split.labels, 256, config.preprocessing).map(one_hot)
+    steps_per_epoch = math.ceil(len(fit_split) / recipe.batch_size)
+    model.compile(
+        optimizer=_optimizer(recipe, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+        metrics=["accuracy"],
+    )
+    echo(f"training: up to {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.learning_rate:g} "
+         f"({recipe.schedule}), augment {recipe.augment}")
+    fit_started = time.perf_counter()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, verbose=0,
+                        callbacks=_callbacks(recipe, echo))
+    fit_s = time.perf_counter() - fit_started
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+    probs = predict_probabilities(model, test_split.images, config.preprocessing)
+    metrics = reports.classification_metrics(test_split.labels, probs.argmax(1), dataset.class_names)
+    best_epoch = int(np.argmin(hist["val_loss"])) + 1 if recipe.early_stopping_patience is not None \
+        else len(hist["loss"])
+    val_accuracy = hist["val_accuracy"][best_epoch - 1]
+    echo(f"test accuracy {metrics['accuracy']:.4f} on {len(test_split)} images of {dataset.source}; "
+         f"validation accuracy {val_accuracy:.4f} (epoch {best_epoch})")
+
+    out = config.out
+    with atomic_path(out / MODEL_FILE) as tmp:
+        model.save(tmp)
+    wall_s = time.perf_counter() - started
+    summary = {
+        "format": "cifar-edge-training",
+        "model": config.model,
+        "model_file": MODEL_FILE,
+        "class_names": dataset.class_names,
+        "preprocessing": config.preprocessing.to_dict(),
+        "input_shape": [32, 32, 3],
+        "parameters": int(params),
+        "macs_per_image": int(macs),
+        "data": {
+            "source": str(Path(dataset.source).resolve()) if config.data else dataset.source,
+            "train_images": len(fit_split),
+            "validation_images": len(val_split),
+            "validation": val_name,
+            "test_images": len(test_split),
+            "limit_per_class": config.limit,
+        },
+        "recipe": recipe.to_dict(),
+        "seed": config.seed,
+        "epochs_run": len(hist["loss"]),
+        "best_epoch": best_epoch,
+        "validation_accuracy": float(val_accuracy),
+        "test_accuracy": metrics["accuracy"],
+        "test_loss": None,
+        "wall_time_s": round(wall_s, 1),
+        "fit_time_s": round(fit_s, 1),
+        "environment": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "machine": platform.machine(),
+        },
+    }
+    summary["test_loss"] = float(keras.losses.CategoricalCrossentropy()(
+        np.eye(num_classes)[test_split.labels], probs))
+    write_json(out / TRAINING_FILE, summary)
+    write_json(out / "history.json", hist)
+    reports.write_history_csv(hist, out / "history.csv")
+    write_json(out / "test_metrics.json", {k: v for k, v in metrics.items() if k != "report_text"}
+               | {"data": summary["data"]["source"]})
+    write_text(out / "classification_report.txt",
+               f"{config.model} on {dataset.source} ({len(test_split)} test images)\n\n{metrics['report_text']}")
+    reports.plot_confusion_matrix(metrics["confusion_matrix"], dataset.class_names, out / "confusion_matrix.png",
+                                  f"{config.model}: test accuracy {metrics['accuracy']:.2%}")
+    reports.plot_history(hist, out / "training_curves.png", f"{config.model} training")
+    echo(f"wrote {out / MODEL_FILE} and reports in {out}/ ({wall_s:.0f}s)")
+    return summary

@@ -1,0 +1,110 @@
+"""Model builders for the `--model` presets.
+
+`seed` is the original notebook's CNN, layer for layer (356,810 parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+INPUT_SHAPE = (32, 32, 3)
+
+
+def build_seed(num_classes: int = 10) -> keras.Model:
+    """The notebook CNN: Conv 32/64/128 + MaxPool, Dense 128, Dropout 0.5, softmax."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=INPUT_SHAPE, name="images"),
+            layers.Conv2D(32, (3, 3), activation="relu", padding="same"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu", padding="same"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(128, (3, 3), activation="relu", padding="same"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="seed",
+    )
+
+
+def _resnet_block(x, filters: int, stride: int, weight_decay: float):
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", kernel_initializer="he_normal",
+                      kernel_regularizer=reg)(x)
+    y = layers.BatchNormalization()(y)
+    y = layers.Activation("relu")(y)
+    y = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", kernel_regularizer=reg)(y)
+    y = layers.BatchNormalization()(y)
+    if stride != 1 or x.shape[-1] != filters:
+        x = layers.Conv2D(filters, 1, strides=stride, padding="same", kernel_initializer="he_normal",
+                          kernel_regularizer=reg)(x)
+    y = layers.Add()([x, y])
+    return layers.Activation("relu")(y)
+
+
+def build_resnet8(num_classes: int = 10, weight_decay: float = 1e-4) -> keras.Model:
+    """MLPerf Tiny image-classification reference ResNet-8 (v1).
+
+    16-filter 3x3 stem, three residual stages of 16/32/64 filters (strides
+    1/2/2, 1x1 projection shortcuts where the shape changes), global
+    average pooling, softmax: 78,666 parameters, about 12.5M MACs.
+    """
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    inputs = keras.Input(shape=INPUT_SHAPE, name="images")
+    x = layers.Conv2D(16, 3, padding="same", kernel_initializer="he_normal", kernel_regularizer=reg)(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    for filters, stride in ((16, 1), (32, 2), (64, 2)):
+        x = _resnet_block(x, filters, stride, weight_decay)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg)(x)
+    return keras.Model(inputs, outputs, name="resnet8")
+
+
+def _conv_bn(x, filters: int, stride: int = 1):
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                      kernel_initializer="he_normal")(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
+def build_edge(num_classes: int = 10) -> keras.Model:
+    """cifar-edge's own 2-core-CPU network: a compact ResNet-9-style net.
+
+    conv 32 -> [conv 64, pool, residual(64)] -> [conv 128, pool] ->
+    [conv 192, pool, residual(192)] -> global max pool -> softmax.
+    BatchNorm everywhere, no bias before BN.
+    """
+    inputs = keras.Input(shape=INPUT_SHAPE, name="images")
+    x = _conv_bn(inputs, 32)
+    x = _conv_bn(x, 64)
+    x = layers.MaxPooling2D()(x)
+    r = _conv_bn(_conv_bn(x, 64), 64)
+    x = layers.Add()([x, r])
+    x = _conv_bn(x, 128)
+    x = layers.MaxPooling2D()(x)
+    x = _conv_bn(x, 192)
+    x = layers.MaxPooling2D()(x)
+    r = _conv_bn(_conv_bn(x, 192), 192)
+    x = layers.Add()([x, r])
+    x = layers.GlobalMaxPooling2D()(x)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="edge")
+
+
+BUILDERS: dict[str, Callable[..., keras.Model]] = {
+    "seed": build_seed,
+    "resnet8": build_resnet8,
+    "edge": build_edge,
+}
+
+
+def build_model(name: str, num_classes: int = 10) -> keras.Model:
+    """Build the preset `name` for `num_classes` classes."""
+    return BUILDERS[name](num_classes=num_classes)

@@ -1,0 +1,89 @@
+"""tf.data input pipelines: uint8 arrays in, preprocessed (augmented) batches out.
+
+The scale/offset applied here is the one written to the manifest, so the
+ONNX runtime reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from cifar_edge.runtime.manifest import Preprocessing
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _normalize(preprocessing: Preprocessing):
+    scale = tf.constant(preprocessing.scale, tf.float32)
+    offset = tf.constant(preprocessing.offset, tf.float32)
+    return lambda x: tf.cast(x, tf.float32) * scale + offset
+
+
+def _flip_shift(shift: float, seed: int):
+    """Random horizontal flip and ±shift translation (nearest fill), like ImageDataGenerator."""
+    import keras
+
+    augmenter = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1),
+        ]
+    )
+    return lambda x: augmenter(x, training=True)
+
+
+def _flip_crop(pad: int = 4):
+    """Random horizontal flip and random 32x32 crop of the reflect-padded image."""
+
+    def apply(x):
+        n = tf.shape(x)[0]
+        x = tf.image.random_flip_left_right(x)
+        padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        offsets = tf.random.uniform([n, 2], 0, 2 * pad + 1, dtype=tf.int32)
+        rows = offsets[:, :1] + tf.range(32)[None, :]
+        cols = offsets[:, 1:] + tf.range(32)[None, :]
+        x = tf.gather(padded, rows, axis=1, batch_dims=1)
+        return tf.gather(x, cols, axis=2, batch_dims=1)
+
+    return apply
+
+
+def train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    preprocessing: Preprocessing,
+    augment: str,
+    shift: float,
+    seed: int,
+) -> tf.data.Dataset:
+    """Shuffled, augmented, preprocessed training batches (reshuffled each epoch)."""
+    normalize = _normalize(preprocessing)
+    if augment == "flip-shift":
+        aug = _flip_shift(shift, seed)
+    elif augment == "flip-crop":
+        aug = _flip_crop()
+    elif augment == "none":
+        aug = None
+    else:
+        raise ValueError(f"unknown augmentation {augment!r}")
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if aug is None:
+        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (aug(normalize(x)), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
+                 preprocessing: Preprocessing) -> tf.data.Dataset:
+    """Preprocessed batches in order, without augmentation."""
+    normalize = _normalize(preprocessing)
+    if labels is None:
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(normalize)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))).batch(batch_size)
+        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
