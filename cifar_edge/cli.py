@@ -116,6 +116,71 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit,
 
 
 
+# --- export ------------------------------------------------------------------------
+
+def _floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("expected a number or three comma-separated numbers") from None
+    if len(values) not in (1, 3):
+        raise click.BadParameter("expected a number or three comma-separated numbers")
+    return values
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Output folder.  [default: beside MODEL]")
+@click.option("--quantize/--no-quantize", default=False, show_default=True,
+              help="Also write a static int8 (QDQ, per-channel) model, MODEL.int8.onnx.")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="Calibration images (training data). " + _DATA_HELP + "  [default: the data in training.json]")
+@click.option("--calib-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Number of calibration images.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--parity-data", type=click.Path(path_type=Path), default=None,
+              help="Images for the parity check (test split preferred).  [default: --calib-data]")
+@click.option("--parity-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Fail if int8 top-1 agreement with Keras is below this.")
+@click.option("--scale", callback=_floats, default=None,
+              help="Preprocessing x = pixel*scale + offset, one value or R,G,B.  "
+              "[default: training.json's, else 1/255]")
+@click.option("--offset", callback=_floats, default=None, help="See --scale.  [default: 0]")
+@click.option("--class-names", default=None,
+              help="Comma-separated class names.  [default: training.json's, else CIFAR-10's]")
+@click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+def export(model, out, quantize, calib_data, calib_size, calib_method, parity_data, parity_size,
+           int8_min_agreement, scale, offset, class_names, opset) -> None:
+    """Convert a Keras classifier (.keras or .h5, 32x32x3 input) to ONNX.
+
+    Writes MODEL.onnx (and MODEL.int8.onnx with --quantize) and manifest.json
+    with class names, preprocessing, input/output spec, sha256 of each file
+    and the parity numbers.  Parity: probabilities vs Keras on real images;
+    fp32 max abs difference over 1e-4, or any NaN/Inf, fails with exit code 4.
+    """
+    try:
+        from cifar_edge.exporter.export import ExportConfig
+        from cifar_edge.exporter.export import export as run_export
+    except ImportError as exc:
+        raise _need_train_extra(exc) from None
+    from cifar_edge.runtime.manifest import Preprocessing
+
+    preprocessing = None
+    if scale is not None or offset is not None:
+        preprocessing = Preprocessing.from_dict({"scale": scale or [1 / 255], "offset": offset or [0.0]})
+    names = [n.strip() for n in class_names.split(",")] if class_names else None
+    config = ExportConfig(model=model, out=out, quantize=quantize, calib_data=calib_data,
+                          calib_size=calib_size, calib_method=calib_method, parity_data=parity_data,
+                          parity_size=parity_size, preprocessing=preprocessing, class_names=names,
+                          opset=opset, int8_min_agreement=int8_min_agreement)
+    run_export(config, echo=click.echo)
+
+
 # --- infer -------------------------------------------------------------------------
 
 @cli.command(epilog=EXIT_CODES_HELP)

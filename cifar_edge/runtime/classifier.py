@@ -11,8 +11,6 @@ import onnxruntime as ort
 from cifar_edge.errors import BadInputError
 from cifar_edge.runtime.manifest import IMAGE_SIZE, Manifest
 
-# onnxruntime raises its own exception types; all derive from RuntimeError.
-_ORT_LOAD_ERRORS = (RuntimeError, ValueError, OSError)
 
 
 def make_session(model_path: str | os.PathLike[str], threads: int | None = None) -> ort.InferenceSession:
@@ -28,7 +26,7 @@ def make_session(model_path: str | os.PathLike[str], threads: int | None = None)
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except _ORT_LOAD_ERRORS as exc:
+    except Exception as exc:  # onnxruntime's pybind errors (InvalidProtobuf, Fail, ...) share no base
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"{path} is not a loadable ONNX model: {first_line[:200]}") from None
 

@@ -1,0 +1,196 @@
+"""`cifar-edge export`: Keras model -> ONNX fp32 (+ int8), parity-checked, with a manifest."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from cifar_edge import __version__
+from cifar_edge.datasets import CIFAR10_CLASSES, Split, load_dataset
+from cifar_edge.errors import BadInputError, CheckFailedError
+from cifar_edge.runtime.classifier import make_session
+from cifar_edge.runtime.files import atomic_path, sha256_of, write_json
+from cifar_edge.runtime.manifest import (
+    INPUT_NAME,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    OUTPUT_NAME,
+    Preprocessing,
+)
+
+FP32_PARITY_LIMIT = 1e-4
+
+
+@dataclass
+class ExportConfig:
+    """Options of one export; defaults live in the CLI (shown by --help)."""
+
+    model: Path
+    out: Path | None = None
+    quantize: bool = False
+    calib_data: str | None = None
+    calib_size: int = 500
+    calib_method: str = "minmax"
+    parity_data: str | None = None
+    parity_size: int = 500
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    opset: int = 17
+    int8_min_agreement: float | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sample(split: Split, size: int, seed: int) -> np.ndarray:
+    """A seeded random sample of `size` images, in file order."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(split))[: min(size, len(split))]
+    return split.images[np.sort(idx)]
+
+
+def _load_images(path: str, split_order: tuple[str, ...], size: int, seed: int, echo) -> tuple[np.ndarray, str]:
+    """`size` real images from the first split of `split_order` that `path` has."""
+    last_error = None
+    for split_name in split_order:
+        # Read only a class-balanced slice (2x headroom for 10 classes), then sample.
+        per_class = max(1, math.ceil(size / 10)) * 2
+        try:
+            dataset = load_dataset(path, splits=(split_name,), limit_per_class=per_class)
+            split = dataset.split(split_name)
+        except BadInputError as exc:
+            last_error = exc
+            continue
+        return _sample(split, size, seed), f"{dataset.source} ({split_name}, {min(size, len(split))} images)"
+    raise last_error or BadInputError(f"no images in {path}")
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def _io_spec(proto: onnx.ModelProto) -> tuple[dict, dict]:
+    def spec(value):
+        t = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                "shape": dims}
+
+    inp, out = spec(proto.graph.input[0]), spec(proto.graph.output[0])
+    inp["layout"] = "NHWC"
+    return inp, out
+
+
+def _is_probability_output(outputs: np.ndarray) -> bool:
+    return bool(np.all(outputs >= -1e-6) and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3))
+
+
+def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one export end to end; returns the manifest it wrote."""
+    from cifar_edge.exporter.convert import keras_to_onnx
+    from cifar_edge.exporter.keras_model import load_keras_classifier, training_info
+    from cifar_edge.exporter.parity import compare, failures
+
+    started = time.perf_counter()
+    model = load_keras_classifier(config.model)
+    info = training_info(config.model) or {}
+    num_classes = int(model.outputs[0].shape[-1])
+    class_names = config.class_names or info.get("class_names") or (
+        CIFAR10_CLASSES if num_classes == 10 else [f"class_{i}" for i in range(num_classes)])
+    if len(class_names) != num_classes:
+        raise BadInputError(f"{len(class_names)} class names given for a model with {num_classes} outputs")
+    if config.preprocessing is not None:
+        preprocessing, prep_source = config.preprocessing, "command line"
+    elif "preprocessing" in info:
+        preprocessing, prep_source = Preprocessing.from_dict(info["preprocessing"]), "training.json"
+    else:
+        preprocessing, prep_source = Preprocessing(), "default (pixels / 255)"
+        echo("note: no training.json beside the model; assuming pixels / 255 (use --scale/--offset to change)")
+    data_source = info.get("data", {}).get("source")
+    calib_data = config.calib_data or data_source
+    parity_data = config.parity_data or calib_data
+    if parity_data is None or (config.quantize and calib_data is None):
+        raise BadInputError("no data for calibration/parity: pass --calib-data PATH (the training data)")
+
+    out = config.out or config.model.parent
+    stem = config.model.stem
+    fp32_path, int8_path = out / f"{stem}.onnx", out / f"{stem}.int8.onnx"
+
+    echo(f"loading {config.parity_size} parity images from {parity_data}")
+    parity_images, parity_desc = _load_images(parity_data, ("test", "train"), config.parity_size, config.seed, echo)
+    parity_inputs = preprocessing.apply(parity_images)
+    keras_probs = model.predict(parity_inputs, batch_size=256, verbose=0)
+    add_softmax = bool(np.isfinite(keras_probs).all()) and not _is_probability_output(keras_probs)
+    if add_softmax:
+        echo("note: the model outputs logits; the ONNX model adds a softmax")
+        keras_probs = _softmax(keras_probs)
+
+    echo(f"converting {config.model} to ONNX (opset {config.opset})")
+    proto = keras_to_onnx(model, add_softmax=add_softmax, opset=config.opset)
+    with atomic_path(fp32_path) as tmp:
+        onnx.save(proto, str(tmp))
+    input_spec, output_spec = _io_spec(proto)
+
+    def run(path: Path) -> np.ndarray:
+        session = make_session(path)
+        return session.run([OUTPUT_NAME], {INPUT_NAME: parity_inputs})[0]
+
+    results = {"fp32": compare(keras_probs, run(fp32_path))}
+    models = {"fp32": _file_entry(fp32_path)}
+    quantization = None
+    if config.quantize:
+        from cifar_edge.exporter.quantize import quantize_int8
+
+        echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
+        calib_images, calib_desc = _load_images(calib_data, ("train", "test"), config.calib_size,
+                                                config.seed + 1, echo)
+        quantization = quantize_int8(fp32_path, int8_path, preprocessing.apply(calib_images), config.calib_method)
+        quantization["calibration_data"] = calib_desc
+        results["int8"] = compare(keras_probs, run(int8_path))
+        models["int8"] = _file_entry(int8_path)
+
+    problems = failures("fp32", results["fp32"], FP32_PARITY_LIMIT, None)
+    if "int8" in results:
+        problems += failures("int8", results["int8"], None, config.int8_min_agreement)
+    for name, parity in results.items():
+        echo(f"parity {name} vs Keras on {parity.images} images: max |dp| {parity.max_abs_diff:.3g}, "
+             f"top-1 agreement {parity.top1_agreement:.2%}, size {models[name]['bytes'] / 1024:.0f} KiB")
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "cifar_edge": __version__,
+        "class_names": list(class_names),
+        "preprocessing": preprocessing.to_dict() | {"source": prep_source},
+        "input": input_spec,
+        "output": output_spec,
+        "opset": config.opset,
+        "softmax_added": add_softmax,
+        "models": models,
+        "source": {"file": str(config.model.resolve()), "sha256": sha256_of(config.model),
+                   "parameters": int(model.count_params())},
+        "quantization": quantization,
+        "parity": {
+            "data": parity_desc,
+            "fp32_max_abs_diff_limit": FP32_PARITY_LIMIT,
+            "passed": not problems,
+            **{name: p.to_dict() for name, p in results.items()},
+        },
+        "export_time_s": round(time.perf_counter() - started, 1),
+    }
+    write_json(out / MANIFEST_NAME, manifest)
+    echo(f"wrote {', '.join(str(out / m['file']) for m in models.values())} and {out / MANIFEST_NAME}")
+    if problems:
+        raise CheckFailedError("parity check failed: " + "; ".join(problems))
+    return manifest
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

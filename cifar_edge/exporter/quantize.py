@@ -1,0 +1,66 @@
+"""Static int8 quantization with onnxruntime.quantization (QDQ, per-channel s8 weights).
+
+Dynamic quantization leaves convolutions in float, so only static is offered.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from cifar_edge.runtime.files import atomic_path
+from cifar_edge.runtime.manifest import INPUT_NAME
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+class ArrayReader(CalibrationDataReader):
+    """Feeds preprocessed calibration images in small batches."""
+
+    def __init__(self, inputs: np.ndarray, batch_size: int = 32) -> None:
+        self.batches = iter([inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)])
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration_inputs: np.ndarray,
+                  method: str = "minmax") -> dict:
+    """Write the static QDQ int8 model for `fp32_path`; returns its settings for the manifest."""
+    settings = {
+        "format": "QDQ",
+        "activations": "uint8 (asymmetric, per-tensor)",
+        "weights": "int8 (symmetric, per-channel)",
+        "calibration": method,
+        "calibration_images": int(len(calibration_inputs)),
+    }
+    with tempfile.TemporaryDirectory(prefix="cifar-edge-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        with atomic_path(int8_path) as out:
+            quantize_static(
+                str(prepared),
+                str(out),
+                ArrayReader(calibration_inputs),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[method],
+            )
+    return settings
