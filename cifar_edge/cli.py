@@ -231,6 +231,68 @@ def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads) -> No
         sys.exit(EXIT_SOME_INPUTS_FAILED)
 
 
+# --- evaluate / bench -----------------------------------------------------------------
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Test set: " + _DATA_HELP + "  [default: the Keras CIFAR-10 download]")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Report folder.  [default: TARGET/eval-<data name>]")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N test images per class.")
+@click.option("--keras/--no-keras", "use_keras", default=True, show_default=True,
+              help="Include the source Keras model (needs TensorFlow).")
+def evaluate(target, data, out, limit, use_keras) -> None:
+    """Accuracy of Keras, ONNX fp32 and ONNX int8 side by side on a test set.
+
+    Writes evaluation.json, evaluation.md (accuracy, agreement with Keras,
+    per-class precision/recall/F1) and a confusion matrix PNG per model.
+    TARGET is an export folder, its manifest.json, or an ONNX model beside one.
+    """
+    try:
+        from cifar_edge.evaluation import evaluate as run_evaluate
+    except ImportError as exc:
+        raise _need_train_extra(exc) from None
+    run_evaluate(target, data, out=out, limit=limit, use_keras=use_keras, echo=click.echo)
+
+
+def _thread_list(ctx, param, value):
+    try:
+        return [0 if v.strip() == "all" else int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("expected a comma-separated list of thread counts, e.g. 1,2 or 1,all") from None
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--threads", default="1,all", show_default=True, callback=_thread_list,
+              help="Comma-separated intra-op thread counts ('all' = every core).")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=5), default=300, show_default=True,
+              help="Timed batch-1 calls per model.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Batch size for the throughput test.")
+@click.option("--batch-repeats", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--keras/--no-keras", "use_keras", default=True, show_default=True,
+              help="Include the source Keras model (needs TensorFlow).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Report folder.  [default: TARGET/bench]")
+def bench(target, threads, warmup, repeats, batch_size, batch_repeats, use_keras, out) -> None:
+    """Batch-1 latency (p50/p90/p99) and throughput of Keras, ONNX fp32 and ONNX int8.
+
+    Writes bench.json, bench.md and bench.png.  TARGET is an export folder,
+    its manifest.json, or an ONNX model beside one.
+    """
+    try:
+        from cifar_edge.benchmark import BenchConfig
+        from cifar_edge.benchmark import bench as run_bench
+    except ImportError as exc:
+        raise _need_train_extra(exc) from None
+    config = BenchConfig(threads=threads, warmup=warmup, repeats=repeats, batch_size=batch_size,
+                         batch_repeats=batch_repeats, use_keras=use_keras)
+    run_bench(target, config, out=out, echo=click.echo)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI, mapping errors to one line and an exit code."""
     try:
