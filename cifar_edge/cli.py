@@ -32,6 +32,30 @@ warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed.*")
 _TRAIN_ONLY = {"tensorflow", "keras", "tf2onnx", "onnx", "sklearn", "matplotlib"}
 
 
+def _import_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up log lines silenced.
+
+    TensorFlow prints oneDNN/CUDA notices on fd 2 before absl logging is set
+    up, so TF_CPP_MIN_LOG_LEVEL cannot hide them; stderr is pointed at
+    /dev/null for the import and the first device query only.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    except ImportError as exc:
+        raise _need_train_extra(exc) from None
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _need_train_extra(exc: ImportError) -> MissingDependencyError:
     name = (exc.name or "").split(".")[0]
     return MissingDependencyError(
@@ -102,6 +126,7 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit,
     recipe, metrics), history.json/.csv, test_metrics.json,
     classification_report.txt, confusion_matrix.png, training_curves.png.
     """
+    _import_tensorflow()
     try:
         from cifar_edge.trainer.fit import TrainConfig
         from cifar_edge.trainer.fit import train as run_train
@@ -163,6 +188,7 @@ def export(model, out, quantize, calib_data, calib_size, calib_method, parity_da
     and the parity numbers.  Parity: probabilities vs Keras on real images;
     fp32 max abs difference over 1e-4, or any NaN/Inf, fails with exit code 4.
     """
+    _import_tensorflow()
     try:
         from cifar_edge.exporter.export import ExportConfig
         from cifar_edge.exporter.export import export as run_export
@@ -249,6 +275,8 @@ def evaluate(target, data, out, limit, use_keras) -> None:
     per-class precision/recall/F1) and a confusion matrix PNG per model.
     TARGET is an export folder, its manifest.json, or an ONNX model beside one.
     """
+    if use_keras:
+        _import_tensorflow()
     try:
         from cifar_edge.evaluation import evaluate as run_evaluate
     except ImportError as exc:
@@ -288,6 +316,8 @@ def bench(target, threads, warmup, repeats, batch_size, batch_repeats, use_keras
         from cifar_edge.benchmark import bench as run_bench
     except ImportError as exc:
         raise _need_train_extra(exc) from None
+    if use_keras:
+        _import_tensorflow()
     config = BenchConfig(threads=threads, warmup=warmup, repeats=repeats, batch_size=batch_size,
                          batch_repeats=batch_repeats, use_keras=use_keras)
     run_bench(target, config, out=out, echo=click.echo)
