@@ -119,7 +119,11 @@ _DATA_HELP = ("cifar-10-batches-py folder, cifar-10-python.tar.gz, or image fold
               help="Stratified validation hold-out from the training set (capped at 20%).")
 @click.option("--val-on-test", is_flag=True,
               help="Validate (and early-stop) on the test set, as the original notebook did.")
-def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit, val_size, val_on_test) -> None:
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
+              help="Wall-time budget for the whole run: one-cycle schedules are stretched to fit it "
+              "(no epoch cap unless --epochs is given) and training stops on time.")
+def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit, val_size, val_on_test,
+          time_budget) -> None:
     """Train a preset on CIFAR-10 and write the model and its reports.
 
     Writes OUT/model.keras, training.json (class names, preprocessing,
@@ -134,8 +138,11 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit,
     except ImportError as exc:
         raise _need_train_extra(exc) from None
     recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    if time_budget and epochs is None and recipe.schedule == "onecycle":
+        recipe = recipe.with_overrides(epochs=100_000)  # the budget, not an epoch count, ends the run
     config = TrainConfig(model=model_name, recipe=recipe, out=out or Path("runs") / model_name, data=data,
-                         seed=seed, limit=limit, val_size=val_size, val_on_test=val_on_test)
+                         seed=seed, limit=limit, val_size=val_size, val_on_test=val_on_test,
+                         time_budget=time_budget)
     run_train(config, echo=click.echo)
 
 

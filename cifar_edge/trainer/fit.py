@@ -34,6 +34,7 @@ class TrainConfig:
     limit: int | None = None
     val_size: int = 5000
     val_on_test: bool = False
+    time_budget: float | None = None  # minutes, wall time of the whole run
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
 
@@ -54,9 +55,9 @@ def holdout_split(split: Split, size: int, seed: int) -> tuple[Split, Split]:
 
 
 class EpochLog:
-    """A Keras callback printing one line per epoch with time and ETA."""
+    """A Keras callback printing one line per epoch with time and the time left."""
 
-    def __new__(cls, total_epochs: int, echo: Callable[[str], None]):
+    def __new__(cls, progress, echo: Callable[[str], None]):
         import keras
 
         class _EpochLog(keras.callbacks.Callback):
@@ -70,51 +71,49 @@ class EpochLog:
                 logs = logs or {}
                 now = time.perf_counter()
                 lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-                parts = [f"epoch {epoch + 1}/{total_epochs}"]
+                parts = [f"epoch {epoch + 1}"]
                 for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                     if key in logs:
                         parts.append(f"{key} {logs[key]:.4f}")
                 parts.append(f"lr {lr:.2e}")
                 parts.append(f"{now - self.epoch_start:.1f}s")
-                per_epoch = (now - self.start) / (epoch + 1)
-                parts.append(f"eta<={per_epoch * (total_epochs - epoch - 1):.0f}s")
+                done = progress.fraction
+                if 0 < done < 1:
+                    parts.append(f"{done:.0%} done, at most {(now - self.start) * (1 - done) / done:.0f}s left")
                 echo("  ".join(parts))
 
         return _EpochLog()
 
 
-def _optimizer(recipe: Recipe, steps_per_epoch: int):
+def _optimizer(recipe: Recipe):
     import keras
 
-    lr: Any = recipe.learning_rate
-    if recipe.schedule == "onecycle":
-        total = max(1, steps_per_epoch * recipe.epochs)
-        warmup = max(1, int(0.15 * total))
-        lr = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=recipe.learning_rate / 10,
-            decay_steps=max(1, total - warmup),
-            alpha=0.0,
-            warmup_target=recipe.learning_rate,
-            warmup_steps=warmup,
-        )
-    elif recipe.schedule != "plateau":
+    if recipe.schedule not in ("plateau", "onecycle"):
         raise BadInputError(f"unknown schedule {recipe.schedule!r}")
     if recipe.weight_decay:
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=recipe.weight_decay)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.AdamW(learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    return keras.optimizers.Adam(learning_rate=recipe.learning_rate)
 
 
-def _callbacks(recipe: Recipe, echo):
+def _callbacks(recipe: Recipe, steps_per_epoch: int, budget_s: float | None, echo):
+    """The recipe as callbacks; the first one returned is the Progress tracker."""
     import keras
 
-    callbacks = [EpochLog(recipe.epochs, echo)]
-    if recipe.early_stopping_patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True
-        ))
-    if recipe.schedule == "plateau":
+    from cifar_edge.trainer.schedules import OneCycle, Progress
+
+    progress = Progress(steps_per_epoch * recipe.epochs, budget_s)
+    callbacks = [progress, EpochLog(progress, echo)]
+    if recipe.schedule == "onecycle":
+        callbacks.append(OneCycle(progress, recipe.learning_rate))
+    else:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=recipe.reduce_lr_factor, patience=recipe.reduce_lr_patience
+        ))
+    if recipe.early_stopping_patience is not None:
+        # Keras restores the best weights at the end of training however it ends
+        # (patience, epochs or time budget).
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True
         ))
     return callbacks
 
@@ -166,15 +165,26 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
     val_ds = eval_dataset(val_split.images, val_split.labels, 256, config.preprocessing).map(one_hot)
     steps_per_epoch = math.ceil(len(fit_split) / recipe.batch_size)
     model.compile(
-        optimizer=_optimizer(recipe, steps_per_epoch),
+        optimizer=_optimizer(recipe),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
     )
     echo(f"training: up to {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.learning_rate:g} "
          f"({recipe.schedule}), augment {recipe.augment}")
     fit_started = time.perf_counter()
+    budget_s = None
+    if config.time_budget:
+        # Leave room for the final test evaluation and saving after fit().
+        spent = time.perf_counter() - started
+        budget_s = config.time_budget * 60 - spent - max(10.0, 0.04 * config.time_budget * 60)
+        if budget_s <= 0:
+            raise BadInputError(f"the time budget of {config.time_budget:g} min is spent before training "
+                                f"starts (loading took {spent:.0f}s)")
+        echo(f"time budget: {config.time_budget:g} min in all, {budget_s:.0f}s for training")
+    callbacks = _callbacks(recipe, steps_per_epoch, budget_s, echo)
     history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, verbose=0,
-                        callbacks=_callbacks(recipe, echo))
+                        callbacks=callbacks)
+    stopped_by_budget = callbacks[0].stopped_by_budget
     fit_s = time.perf_counter() - fit_started
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
@@ -210,6 +220,8 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         "recipe": recipe.to_dict(),
         "seed": config.seed,
         "epochs_run": len(hist["loss"]),
+        "time_budget_min": config.time_budget,
+        "stopped_by_time_budget": stopped_by_budget,
         "best_epoch": best_epoch,
         "validation_accuracy": float(val_accuracy),
         "test_accuracy": metrics["accuracy"],
