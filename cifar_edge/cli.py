@@ -186,8 +186,10 @@ def _floats(ctx, param, value):
 @click.option("--class-names", default=None,
               help="Comma-separated class names.  [default: training.json's, else CIFAR-10's]")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
+@click.option("--uint8-input", is_flag=True,
+              help="The ONNX models take uint8 RGB pixels and scale them inside the graph.")
 def export(model, out, quantize, calib_data, calib_size, calib_method, parity_data, parity_size,
-           int8_min_agreement, scale, offset, class_names, opset) -> None:
+           int8_min_agreement, scale, offset, class_names, opset, uint8_input) -> None:
     """Convert a Keras classifier (.keras or .h5, 32x32x3 input) to ONNX.
 
     Writes MODEL.onnx (and MODEL.int8.onnx with --quantize) and manifest.json
@@ -210,7 +212,7 @@ def export(model, out, quantize, calib_data, calib_size, calib_method, parity_da
     config = ExportConfig(model=model, out=out, quantize=quantize, calib_data=calib_data,
                           calib_size=calib_size, calib_method=calib_method, parity_data=parity_data,
                           parity_size=parity_size, preprocessing=preprocessing, class_names=names,
-                          opset=opset, int8_min_agreement=int8_min_agreement)
+                          opset=opset, int8_min_agreement=int8_min_agreement, uint8_input=uint8_input)
     run_export(config, echo=click.echo)
 
 

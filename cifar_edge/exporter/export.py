@@ -44,6 +44,7 @@ class ExportConfig:
     class_names: list[str] | None = None
     opset: int = 17
     int8_min_agreement: float | None = None
+    uint8_input: bool = False
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -132,14 +133,18 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
         keras_probs = _softmax(keras_probs)
 
     echo(f"converting {config.model} to ONNX (opset {config.opset})")
-    proto = keras_to_onnx(model, add_softmax=add_softmax, opset=config.opset)
+    proto = keras_to_onnx(model, add_softmax=add_softmax, opset=config.opset,
+                          uint8_input=preprocessing if config.uint8_input else None)
     with atomic_path(fp32_path) as tmp:
         onnx.save(proto, str(tmp))
     input_spec, output_spec = _io_spec(proto)
 
+    def onnx_inputs(images: np.ndarray) -> np.ndarray:
+        return images if config.uint8_input else preprocessing.apply(images)
+
     def run(path: Path) -> np.ndarray:
         session = make_session(path)
-        return session.run([OUTPUT_NAME], {INPUT_NAME: parity_inputs})[0]
+        return session.run([OUTPUT_NAME], {INPUT_NAME: onnx_inputs(parity_images)})[0]
 
     results = {"fp32": compare(keras_probs, run(fp32_path))}
     models = {"fp32": _file_entry(fp32_path)}
@@ -150,7 +155,7 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
         echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
         calib_images, calib_desc = _load_images(calib_data, ("train", "test"), config.calib_size,
                                                 config.seed + 1, echo)
-        quantization = quantize_int8(fp32_path, int8_path, preprocessing.apply(calib_images), config.calib_method)
+        quantization = quantize_int8(fp32_path, int8_path, onnx_inputs(calib_images), config.calib_method)
         quantization["calibration_data"] = calib_desc
         results["int8"] = compare(keras_probs, run(int8_path))
         models["int8"] = _file_entry(int8_path)
@@ -167,7 +172,8 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
         "version": 1,
         "cifar_edge": __version__,
         "class_names": list(class_names),
-        "preprocessing": preprocessing.to_dict() | {"source": prep_source},
+        "preprocessing": preprocessing.to_dict() | {"source": prep_source,
+                                                     "in_graph": config.uint8_input},
         "input": input_spec,
         "output": output_spec,
         "opset": config.opset,

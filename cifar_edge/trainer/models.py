@@ -76,25 +76,28 @@ def _conv_bn(x, filters: int, stride: int = 1):
     return layers.Activation("relu")(x)
 
 
-def build_edge(num_classes: int = 10) -> keras.Model:
-    """cifar-edge's own 2-core-CPU network: a compact ResNet-9-style net.
+EDGE_WIDTHS = (16, 48, 96, 192)
 
-    conv 32 -> [conv 64, pool, residual(64)] -> [conv 128, pool] ->
-    [conv 192, pool, residual(192)] -> global max pool -> softmax.
-    BatchNorm everywhere, no bias before BN.
+
+def build_edge(num_classes: int = 10, widths: tuple[int, int, int, int] = EDGE_WIDTHS) -> keras.Model:
+    """cifar-edge's own network for a 2-core CPU: a narrow ResNet-9.
+
+    The DAWNBench ResNet-9 layout at about 1/3 width: prep conv ->
+    [conv, pool, residual block] -> [conv, pool] -> [conv, pool, residual
+    block] -> global max pool -> softmax.  BatchNorm everywhere, no bias
+    before BN; about 50M MACs.
     """
+    c1, c2, c3, c4 = widths
     inputs = keras.Input(shape=INPUT_SHAPE, name="images")
-    x = _conv_bn(inputs, 32)
-    x = _conv_bn(x, 64)
+    x = _conv_bn(inputs, c1)
+    x = _conv_bn(x, c2)
     x = layers.MaxPooling2D()(x)
-    r = _conv_bn(_conv_bn(x, 64), 64)
-    x = layers.Add()([x, r])
-    x = _conv_bn(x, 128)
+    x = layers.Add()([x, _conv_bn(_conv_bn(x, c2), c2)])
+    x = _conv_bn(x, c3)
     x = layers.MaxPooling2D()(x)
-    x = _conv_bn(x, 192)
+    x = _conv_bn(x, c4)
     x = layers.MaxPooling2D()(x)
-    r = _conv_bn(_conv_bn(x, 192), 192)
-    x = layers.Add()([x, r])
+    x = layers.Add()([x, _conv_bn(_conv_bn(x, c4), c4)])
     x = layers.GlobalMaxPooling2D()(x)
     outputs = layers.Dense(num_classes, activation="softmax")(x)
     return keras.Model(inputs, outputs, name="edge")
