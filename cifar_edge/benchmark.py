@@ -1,23 +1,30 @@
-"""`cifar-edge bench`: batch-1 latency and large-batch throughput of every variant.
+"""`cifar-edge bench`: latency, throughput, size and accuracy of every variant, side by side.
 
-Each variant is timed on its bare model call with preprocessed input, so
-the numbers compare models, not Python glue.  Keras runs through a
-tf.function; TensorFlow's thread pool is fixed per process, so Keras is
-measured at the first thread count only.
+Variants: the source Keras model, ONNX fp32 and int8 (our runtime), and,
+as the baseline a Keras user would otherwise pick, TFLite fp32 and int8
+built from the same Keras model (XNNPACK).  Each variant is timed on its
+bare model call with preprocessed input, so the numbers compare engines,
+not Python glue.  Timings are taken in interleaved rounds (every variant
+once per round) so that machine noise hits all variants alike, and the
+ONNX-int8 / TFLite-int8 ratios are computed from the same run.
+TensorFlow's own thread pool is fixed per process, so Keras is timed at
+the first thread count only.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cifar_edge.errors import BadInputError
 from cifar_edge.reports import save_figure
 from cifar_edge.runtime.files import write_json, write_text
 from cifar_edge.variants import KERAS, Variant, keras_variant, onnx_variants, resolve_manifest
@@ -30,29 +37,42 @@ class BenchConfig:
     threads: list[int]
     warmup: int = 20
     repeats: int = 300
-    batch_size: int = 256
+    batch_sizes: list[int] = field(default_factory=lambda: [32, 256])
     batch_repeats: int = 10
+    rounds: int = 5
     use_keras: bool = True
+    tflite: bool = True
+    data: str | None = None
+    limit: int | None = None
 
 
-def latency_ms(fn: Callable[[np.ndarray], Any], x: np.ndarray, warmup: int, repeats: int) -> dict[str, float]:
-    """p50/p90/p99/mean of `repeats` timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn(x)
-    times = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times[i] = time.perf_counter() - start
-    ms = times * 1e3
+def percentiles(seconds: np.ndarray) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
     return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
             "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())}
 
 
-def throughput(fn: Callable[[np.ndarray], Any], x: np.ndarray, warmup: int, repeats: int) -> float:
-    """Images per second on batches of len(x), from the median batch time."""
-    stats = latency_ms(fn, x, max(1, warmup), repeats)
-    return len(x) / (stats["p50"] / 1e3)
+def time_calls(fn: Callable[[np.ndarray], Any], x: np.ndarray, n: int) -> np.ndarray:
+    """Seconds taken by each of `n` calls."""
+    times = np.empty(n)
+    for i in range(n):
+        start = time.perf_counter()
+        fn(x)
+        times[i] = time.perf_counter() - start
+    return times
+
+
+def interleaved(variants: list[Variant], inputs: dict[str, np.ndarray], warmup: int, repeats: int,
+                rounds: int) -> dict[str, np.ndarray]:
+    """Per-call times for each variant, collected over `rounds` interleaved rounds."""
+    for v in variants:
+        time_calls(v.raw, inputs[v.name], warmup)
+    per_round = max(1, repeats // rounds)
+    times: dict[str, list[np.ndarray]] = {v.name: [] for v in variants}
+    for _ in range(rounds):
+        for v in variants:
+            times[v.name].append(time_calls(v.raw, inputs[v.name], per_round))
+    return {name: np.concatenate(t) for name, t in times.items()}
 
 
 def _resolve_threads(threads: list[int]) -> list[int]:
@@ -60,17 +80,44 @@ def _resolve_threads(threads: list[int]) -> list[int]:
     return [cores if t == 0 else t for t in threads]
 
 
+def _tflite_variants(keras: Variant, manifest, threads: int, tflite_paths: dict[str, Path]) -> list[Variant]:
+    from cifar_edge.tflite_baseline import predictor
+
+    out = []
+    for name, path in tflite_paths.items():
+        run = predictor(path, threads)
+        prep = keras.preprocess
+
+        def predict(pixels, run=run, prep=prep):
+            return np.concatenate([run(prep(pixels[i : i + 256])) for i in range(0, len(pixels), 256)])
+
+        out.append(Variant(name=f"tflite-{name}", path=path, predict=predict, raw=run, preprocess=prep))
+    return out
+
+
+def _calibration_images(manifest) -> np.ndarray:
+    """The images our int8 export was calibrated on (same path, size and seed)."""
+    from cifar_edge.exporter.export import CALIBRATION_SPLITS, sample_images
+
+    source = (manifest.raw.get("quantization") or {}).get("calibration_source")
+    if not source:
+        raise BadInputError("the manifest records no calibration data; re-export with --quantize "
+                            "or run bench with --no-tflite")
+    images, _, _ = sample_images(source["path"], CALIBRATION_SPLITS, source["size"], source["seed"])
+    return images
+
+
 def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
           echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time every variant of an export at each thread count; write JSON, Markdown and a plot."""
+    """Time every variant at each thread count; write bench.json, bench.md and bench.png."""
     manifest = resolve_manifest(target)
     threads = _resolve_threads(config.threads)
     out = out or manifest.path.parent / "bench"
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(config.batch_size, 32, 32, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(max(config.batch_sizes), 32, 32, 3), dtype=np.uint8)
 
     keras = None
-    if config.use_keras:
+    tflite_paths: dict[str, Path] = {}
+    if config.use_keras or config.tflite:
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads[0])
@@ -78,32 +125,62 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
         keras = keras_variant(manifest)
         if keras is None:
             echo("note: the source Keras model is not available; timing ONNX models only")
+    if config.tflite and keras is not None:
+        from cifar_edge.tflite_baseline import build
+
+        echo("building TFLite fp32 and int8 baselines (int8 calibrated on the export's calibration images)")
+        tflite_paths = build(keras.model, manifest.preprocessing.apply(_calibration_images(manifest)), out,
+                             add_softmax=bool(manifest.raw.get("softmax_added")))
+
+    test = None
+    if config.data is not None:
+        from cifar_edge.datasets import load_dataset
+
+        test = load_dataset(config.data, splits=("test",), limit_per_class=config.limit).split("test")
 
     rows: list[dict[str, Any]] = []
+    accuracy: dict[str, dict[str, float]] = {}
     for t in threads:
-        variants: list[Variant] = ([keras] if keras is not None and t == threads[0] else [])
+        variants: list[Variant] = []
+        if keras is not None and config.use_keras and t == threads[0]:
+            variants.append(keras)
         variants += onnx_variants(manifest, threads=t)
+        if tflite_paths and keras is not None:
+            variants += _tflite_variants(keras, manifest, t, tflite_paths)
+        if test is not None and t == threads[0]:
+            accuracy = _accuracy(variants, test)
+        one = {v.name: v.preprocess(pixels[:1]) for v in variants}
+        lat = interleaved(variants, one, config.warmup, config.repeats, config.rounds)
+        thr: dict[str, dict[int, float]] = {v.name: {} for v in variants}
+        for b in config.batch_sizes:
+            batch = {v.name: v.preprocess(pixels[:b]) for v in variants}
+            times = interleaved(variants, batch, 2, config.batch_repeats, min(config.rounds, config.batch_repeats))
+            for name, secs in times.items():
+                thr[name][b] = b / float(np.median(secs))
         for v in variants:
-            x1 = v.preprocess(pixels[:1])
-            xb = v.preprocess(pixels)
-            lat = latency_ms(v.raw, x1, config.warmup, config.repeats)
-            ips = throughput(v.raw, xb, 2, config.batch_repeats)
-            row = {"model": v.name, "threads": t, "bytes": v.size_bytes, "latency_b1_ms": lat,
-                   f"throughput_b{config.batch_size}_ips": ips}
+            row = {"model": v.name, "threads": t, "bytes": v.size_bytes, "latency_b1_ms": percentiles(lat[v.name]),
+                   "throughput_ips": {str(b): thr[v.name][b] for b in config.batch_sizes}}
+            row.update(accuracy.get(v.name, {}))
             rows.append(row)
-            echo(f"{v.name:10s} threads {t}: b1 p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f}  "
-                 f"p99 {lat['p99']:.3f}  |  b{config.batch_size} {ips:,.0f} img/s  |  {v.size_bytes / 1024:.0f} KiB")
+            echo(_line(row, config.batch_sizes))
     report = {
         "models": rows,
-        "batch_size": config.batch_size,
+        "ratios": _ratios(rows, config.batch_sizes),
+        "batch_sizes": config.batch_sizes,
         "warmup": config.warmup,
         "repeats": config.repeats,
+        "rounds": config.rounds,
         "batch_repeats": config.batch_repeats,
-        "timed": "bare model call on preprocessed input (session.run / compiled tf.function)",
+        "accuracy_data": f"{config.data} (test, {len(test)} images)" if test is not None else None,
+        "timed": "bare model call on preprocessed input (onnxruntime session.run, TFLite invoke, "
+                 "compiled tf.function), interleaved rounds",
         "machine": {"cpu_count": os.cpu_count(), "machine": platform.machine(),
                     "processor": platform.processor(), "python": platform.python_version()},
         "manifest": str(manifest.path),
     }
+    for r in report["ratios"]:
+        echo(f"onnx-int8 / tflite-int8 at {r['threads']} thread(s): b1 p50 latency x{r['latency_b1_p50']:.2f}, "
+             + ", ".join(f"b{b} throughput x{r['throughput'][str(b)]:.2f}" for b in config.batch_sizes))
     write_json(out / "bench.json", report)
     write_text(out / "bench.md", _markdown(report))
     _plot(report, out / "bench.png")
@@ -111,18 +188,66 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
     return report
 
 
+def _accuracy(variants: list[Variant], test) -> dict[str, dict[str, float]]:
+    preds = {v.name: v.predict(test.images).argmax(1) for v in variants}
+    ref = preds.get(KERAS)
+    return {name: {"accuracy": float(np.mean(p == test.labels)),
+                   "top1_agreement_with_keras": float(np.mean(p == ref)) if ref is not None else None}
+            for name, p in preds.items()}
+
+
+def _ratios(rows: list[dict[str, Any]], batch_sizes: list[int]) -> list[dict[str, Any]]:
+    """ONNX-int8 over TFLite-int8, per thread count: latency < 1 and throughput > 1 favour ONNX."""
+    out = []
+    by_key = {(r["model"], r["threads"]): r for r in rows}
+    for (name, t), onnx_row in by_key.items():
+        tfl = by_key.get(("tflite-int8", t))
+        if name != "onnx-int8" or tfl is None:
+            continue
+        out.append({
+            "threads": t,
+            "latency_b1_p50": onnx_row["latency_b1_ms"]["p50"] / tfl["latency_b1_ms"]["p50"],
+            "throughput": {str(b): onnx_row["throughput_ips"][str(b)] / tfl["throughput_ips"][str(b)]
+                           for b in batch_sizes},
+        })
+    return out
+
+
+def _line(row: dict[str, Any], batch_sizes: list[int]) -> str:
+    lat = row["latency_b1_ms"]
+    text = (f"{row['model']:12s} threads {row['threads']}: b1 p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f}  "
+            f"p99 {lat['p99']:.3f}  | " + "  ".join(f"b{b} {row['throughput_ips'][str(b)]:,.0f} img/s"
+                                                   for b in batch_sizes)
+            + f"  | {row['bytes'] / 1024:.0f} KiB")
+    if row.get("accuracy") is not None:
+        text += f"  | acc {row['accuracy']:.2%}"
+    return text
+
+
 def _markdown(report: dict[str, Any]) -> str:
-    b = report["batch_size"]
+    bs = report["batch_sizes"]
+    acc = report["accuracy_data"]
     lines = [f"# Benchmark ({report['machine']['cpu_count']} cores, {report['machine']['machine']})", "",
-             f"Batch-1 latency over {report['repeats']} calls after {report['warmup']} warm-up calls; "
-             f"throughput at batch {b} from the median of {report['batch_repeats']} batches. "
-             f"Timed: {report['timed']}.", "",
-             f"| model | threads | b1 p50 ms | b1 p90 ms | b1 p99 ms | b{b} img/s | file size |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"Batch-1 latency over {report['repeats']} calls in {report['rounds']} interleaved rounds after "
+             f"{report['warmup']} warm-up calls; throughput from the median of {report['batch_repeats']} batches. "
+             f"Timed: {report['timed']}." + (f" Accuracy on {acc}." if acc else ""), "",
+             "| model | threads | b1 p50 ms | b1 p90 ms | b1 p99 ms | "
+             + " | ".join(f"b{b} img/s" for b in bs) + " | size | accuracy | agreement with Keras |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(bs) + "---:|---:|---:|"]
     for r in report["models"]:
         lat = r["latency_b1_ms"]
+        a = f"{r['accuracy']:.2%}" if r.get("accuracy") is not None else ""
+        g = f"{r['top1_agreement_with_keras']:.2%}" if r.get("top1_agreement_with_keras") is not None else ""
         lines.append(f"| {r['model']} | {r['threads']} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
-                     f"{r[f'throughput_b{b}_ips']:,.0f} | {r['bytes'] / 1024:.0f} KiB |")
+                     + " | ".join(f"{r['throughput_ips'][str(b)]:,.0f}" for b in bs)
+                     + f" | {r['bytes'] / 1024:.0f} KiB | {a} | {g} |")
+    if report["ratios"]:
+        lines += ["", "ONNX int8 / TFLite int8 (same run; latency below 1 and throughput above 1 favour ONNX):", "",
+                  "| threads | b1 p50 latency | " + " | ".join(f"b{b} throughput" for b in bs) + " |",
+                  "|---:|---:|" + "---:|" * len(bs)]
+        for r in report["ratios"]:
+            lines.append(f"| {r['threads']} | {r['latency_b1_p50']:.2f} | "
+                         + " | ".join(f"{r['throughput'][str(b)]:.2f}" for b in bs) + " |")
     return "\n".join(lines + ["", "![latency and throughput](bench.png)"]) + "\n"
 
 
@@ -132,25 +257,25 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    b = report["batch_size"]
+    b = max(report["batch_sizes"])
     rows = report["models"]
     labels = [f"{r['model']}\n{r['threads']} thr" for r in rows]
     p50 = np.array([r["latency_b1_ms"]["p50"] for r in rows])
     p90 = np.array([r["latency_b1_ms"]["p90"] for r in rows])
     p99 = np.array([r["latency_b1_ms"]["p99"] for r in rows])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(12, 1.2 * len(rows) * 2), 4.8))
     pos = np.arange(len(rows))
     ax1.bar(pos, p50, color="tab:blue", label="p50")
     ax1.errorbar(pos, p50, yerr=[np.zeros_like(p50), p99 - p50], fmt="none", ecolor="black", capsize=4,
                  label="p99")
     ax1.scatter(pos, p90, color="tab:orange", zorder=3, label="p90")
-    ax1.set_xticks(pos, labels, fontsize=8)
+    ax1.set_xticks(pos, labels, fontsize=7)
     ax1.set_ylabel("ms")
     ax1.set_yscale("log")
     ax1.set_title("batch-1 latency (lower is better)")
     ax1.legend()
-    ax2.bar(pos, [r[f"throughput_b{b}_ips"] for r in rows], color="tab:green")
-    ax2.set_xticks(pos, labels, fontsize=8)
+    ax2.bar(pos, [r["throughput_ips"][str(b)] for r in rows], color="tab:green")
+    ax2.set_xticks(pos, labels, fontsize=7)
     ax2.set_ylabel("images / s")
     ax2.set_title(f"throughput at batch {b} (higher is better)")
     for ax in (ax1, ax2):

@@ -293,6 +293,16 @@ def evaluate(target, data, out, limit, use_keras) -> None:
     run_evaluate(target, data, out=out, limit=limit, use_keras=use_keras, echo=click.echo)
 
 
+def _int_list(value: str) -> list[int]:
+    try:
+        values = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if any(v < 1 for v in values):
+        raise click.BadParameter("values must be at least 1")
+    return values
+
+
 def _thread_list(ctx, param, value):
     try:
         return [0 if v.strip() == "all" else int(v) for v in value.split(",")]
@@ -307,28 +317,40 @@ def _thread_list(ctx, param, value):
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=5), default=300, show_default=True,
               help="Timed batch-1 calls per model.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Batch size for the throughput test.")
+@click.option("--batch-sizes", default="32,256", show_default=True, callback=lambda c, p, v: _int_list(v),
+              help="Comma-separated batch sizes for the throughput test.")
 @click.option("--batch-repeats", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Interleaved timing rounds (every model once per round).")
 @click.option("--keras/--no-keras", "use_keras", default=True, show_default=True,
               help="Include the source Keras model (needs TensorFlow).")
+@click.option("--tflite/--no-tflite", default=True, show_default=True,
+              help="Include TFLite fp32/int8 baselines built from the Keras model (needs TensorFlow).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Also measure each model's accuracy on this test set. " + _DATA_HELP)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N test images per class.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Report folder.  [default: TARGET/bench]")
-def bench(target, threads, warmup, repeats, batch_size, batch_repeats, use_keras, out) -> None:
-    """Batch-1 latency (p50/p90/p99) and throughput of Keras, ONNX fp32 and ONNX int8.
+def bench(target, threads, warmup, repeats, batch_sizes, batch_repeats, rounds, use_keras, tflite, data, limit,
+          out) -> None:
+    """Latency (batch 1: p50/p90/p99), throughput, size and accuracy of every model, side by side.
 
-    Writes bench.json, bench.md and bench.png.  TARGET is an export folder,
-    its manifest.json, or an ONNX model beside one.
+    Keras, ONNX fp32 and ONNX int8, and as the baseline TFLite fp32 and
+    int8 (XNNPACK) built from the same Keras model, with the ONNX-int8 /
+    TFLite-int8 ratios from the same run.  Writes bench.json, bench.md and
+    bench.png.  TARGET is an export folder, its manifest.json, or an ONNX
+    model beside one.
     """
     try:
         from cifar_edge.benchmark import BenchConfig
         from cifar_edge.benchmark import bench as run_bench
     except ImportError as exc:
         raise _need_train_extra(exc) from None
-    if use_keras:
+    if use_keras or tflite:
         _import_tensorflow()
-    config = BenchConfig(threads=threads, warmup=warmup, repeats=repeats, batch_size=batch_size,
-                         batch_repeats=batch_repeats, use_keras=use_keras)
+    config = BenchConfig(threads=threads, warmup=warmup, repeats=repeats, batch_sizes=batch_sizes,
+                         batch_repeats=batch_repeats, rounds=rounds, use_keras=use_keras, tflite=tflite,
+                         data=data, limit=limit)
     run_bench(target, config, out=out, echo=click.echo)
 
 

@@ -28,6 +28,7 @@ class Variant:
     predict: Callable[[np.ndarray], np.ndarray]
     raw: Callable[[np.ndarray], np.ndarray]  # the bare model call on preprocessed input
     preprocess: Callable[[np.ndarray], np.ndarray]
+    model: object = None  # the Keras model, for the Keras variant
 
     @property
     def size_bytes(self) -> int:
@@ -79,4 +80,4 @@ def keras_variant(manifest: Manifest) -> Variant | None:
     def predict(pixels: np.ndarray) -> np.ndarray:
         return np.concatenate([raw(prep(pixels[i : i + 256])) for i in range(0, len(pixels), 256)])
 
-    return Variant(name=KERAS, path=source, predict=predict, raw=raw, preprocess=prep)
+    return Variant(name=KERAS, path=source, predict=predict, raw=raw, preprocess=prep, model=model)

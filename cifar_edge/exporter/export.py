@@ -26,6 +26,8 @@ from cifar_edge.runtime.manifest import (
 )
 
 FP32_PARITY_LIMIT = 1e-4
+PARITY_SPLITS = ("test", "train")  # parity on unseen images where the data has them
+CALIBRATION_SPLITS = ("train", "test")
 
 
 @dataclass
@@ -56,8 +58,12 @@ def _sample(split: Split, size: int, seed: int) -> np.ndarray:
     return split.images[np.sort(idx)]
 
 
-def _load_images(path: str, split_order: tuple[str, ...], size: int, seed: int, echo) -> tuple[np.ndarray, str]:
-    """`size` real images from the first split of `split_order` that `path` has."""
+def sample_images(path: str, split_order: tuple[str, ...], size: int, seed: int) -> tuple[np.ndarray, str, str]:
+    """`size` real images from the first split of `split_order` that `path` has.
+
+    Returns (images, description, split).  Deterministic for a given
+    (path, size, seed), so `bench` can rebuild the exact calibration set.
+    """
     last_error = None
     for split_name in split_order:
         # Read only a class-balanced slice (2x headroom for 10 classes), then sample.
@@ -68,7 +74,8 @@ def _load_images(path: str, split_order: tuple[str, ...], size: int, seed: int, 
         except BadInputError as exc:
             last_error = exc
             continue
-        return _sample(split, size, seed), f"{dataset.source} ({split_name}, {min(size, len(split))} images)"
+        desc = f"{dataset.source} ({split_name}, {min(size, len(split))} images)"
+        return _sample(split, size, seed), desc, split_name
     raise last_error or BadInputError(f"no images in {path}")
 
 
@@ -124,7 +131,7 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
     fp32_path, int8_path = out / f"{stem}.onnx", out / f"{stem}.int8.onnx"
 
     echo(f"loading {config.parity_size} parity images from {parity_data}")
-    parity_images, parity_desc = _load_images(parity_data, ("test", "train"), config.parity_size, config.seed, echo)
+    parity_images, parity_desc, _ = sample_images(parity_data, PARITY_SPLITS, config.parity_size, config.seed)
     parity_inputs = preprocessing.apply(parity_images)
     keras_probs = model.predict(parity_inputs, batch_size=256, verbose=0)
     add_softmax = bool(np.isfinite(keras_probs).all()) and not _is_probability_output(keras_probs)
@@ -153,10 +160,13 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
         from cifar_edge.exporter.quantize import quantize_int8
 
         echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
-        calib_images, calib_desc = _load_images(calib_data, ("train", "test"), config.calib_size,
-                                                config.seed + 1, echo)
+        calib_seed = config.seed + 1
+        calib_images, calib_desc, calib_split = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size,
+                                                              calib_seed)
         quantization = quantize_int8(fp32_path, int8_path, onnx_inputs(calib_images), config.calib_method)
         quantization["calibration_data"] = calib_desc
+        quantization["calibration_source"] = {"path": str(Path(calib_data).resolve()), "size": config.calib_size,
+                                              "seed": calib_seed}
         results["int8"] = compare(keras_probs, run(int8_path))
         models["int8"] = _file_entry(int8_path)
 
