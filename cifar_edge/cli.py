@@ -84,7 +84,7 @@ def cli() -> None:
 
 def _preset_help() -> str:
     # recipes.py is plain dataclasses (no TensorFlow): safe to read for --help.
-    from cifar_edge.trainer.recipes import RECIPES
+    from cifar_edge.presets import RECIPES
 
     lines = ["\b", "Preset recipes (flags override):"]
     for name, r in RECIPES.items():
@@ -134,7 +134,7 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit,
     try:
         from cifar_edge.trainer.fit import TrainConfig
         from cifar_edge.trainer.fit import train as run_train
-        from cifar_edge.trainer.recipes import RECIPES
+        from cifar_edge.presets import RECIPES
     except ImportError as exc:
         raise _need_train_extra(exc) from None
     recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
@@ -250,6 +250,7 @@ def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads) -> No
     if not files:
         raise BadInputError("no image files found in " + ", ".join(map(str, paths)))
     classifier = Classifier(model, Manifest.load(manifest) if manifest else None, threads=threads or None)
+    top_k = min(top_k, len(classifier.class_names))
     results = []
     for prediction in predict_files(classifier, files, batch_size=batch_size, top_k=top_k):
         if not prediction.ok:

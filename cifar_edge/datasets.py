@@ -5,7 +5,8 @@ Accepted by every `--data` option:
 - the `cifar-10-python.tar.gz` archive, read in place;
 - an image-folder tree `train/<class>/*`, `test/<class>/*`, or a single
   folder of class sub-folders (used as whatever split is asked for);
-- nothing: the Keras CIFAR-10 download (needs the [train] extra and a network).
+- nothing (or "keras.datasets.cifar10"): the Keras CIFAR-10 download (needs
+  the [train] extra, and a network unless Keras has it cached).
 
 TF-free (NumPy + Pillow): images in folders go through the runtime's
 `load_image`, so training, evaluation and `infer` decode identically.
@@ -32,6 +33,7 @@ CIFAR10_CLASSES = [
     "dog", "frog", "horse", "ship", "truck",
 ]
 SPLITS = ("train", "test")
+KERAS_SOURCE = "keras.datasets.cifar10"  # recorded as the data source of runs without --data
 
 
 @dataclass
@@ -206,7 +208,7 @@ def _load_keras_download(splits, limit) -> Dataset:
             "folder, cifar-10-python.tar.gz or an image-folder tree"
         ) from None
     arrays = {"train": (x_train, y_train), "test": (x_test, y_test)}
-    dataset = Dataset(class_names=CIFAR10_CLASSES, source="keras.datasets.cifar10")
+    dataset = Dataset(class_names=CIFAR10_CLASSES, source=KERAS_SOURCE)
     for split in splits:
         x, y = arrays[split]
         dataset.splits[split] = _limited(Split(x.astype(np.uint8), y.reshape(-1).astype(np.int64)), limit)
@@ -223,7 +225,7 @@ def load_dataset(
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
-    if path is None:
+    if path is None or str(path) == KERAS_SOURCE:
         return _load_keras_download(splits, limit_per_class)
     path = Path(path)
     if not path.exists():

@@ -224,10 +224,6 @@ def ort_probabilities(onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
     return session.run(["probabilities"], {"images": pixels.astype(np.float32) / 255.0})[0]
 
 
-@pytest.fixture(scope="session")
-def probs():
-    """Helpers: probs.keras(model, pixels), probs.ort(path, pixels)."""
-    class _P:
-        keras = staticmethod(keras_probabilities)
-        ort = staticmethod(ort_probabilities)
-    return _P
+def pytest_configure(config):
+    # cli.py silences this Keras warning for users; pytest resets warning filters per test.
+    config.addinivalue_line("filterwarnings", "ignore:.*`shuffle=True` was passed.*:UserWarning")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,9 +17,9 @@ import onnx
 
 from cifar_edge import __version__
 from cifar_edge.datasets import CIFAR10_CLASSES, Split, load_dataset
-from cifar_edge.errors import BadInputError, CheckFailedError
+from cifar_edge.errors import BadInputError, CheckFailedError, WriteError
 from cifar_edge.runtime.classifier import make_session
-from cifar_edge.runtime.files import atomic_path, sha256_of, write_json
+from cifar_edge.runtime.files import sha256_of, write_json
 from cifar_edge.runtime.manifest import (
     INPUT_NAME,
     MANIFEST_FORMAT,
@@ -101,9 +104,7 @@ def _is_probability_output(outputs: np.ndarray) -> bool:
 
 def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run one export end to end; returns the manifest it wrote."""
-    from cifar_edge.exporter.convert import keras_to_onnx
     from cifar_edge.exporter.keras_model import load_keras_classifier, training_info
-    from cifar_edge.exporter.parity import compare, failures
 
     started = time.perf_counter()
     model = load_keras_classifier(config.model)
@@ -127,13 +128,32 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
         raise BadInputError("no data for calibration/parity: pass --calib-data PATH (the training data)")
 
     out = config.out or config.model.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    except OSError as exc:
+        raise WriteError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    try:
+        return _export_into(config, model, preprocessing, prep_source, class_names, calib_data, parity_data,
+                            out, staging, started, echo)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep_source: str,
+                 class_names: list[str], calib_data, parity_data, out: Path, staging: Path, started: float,
+                 echo: Callable[[str], None]) -> dict[str, Any]:
+    """Build and check the models in `staging`; move them into `out` only if every check passes,
+    so a failed export never replaces a good one."""
+    from cifar_edge.exporter.convert import keras_to_onnx
+    from cifar_edge.exporter.parity import compare, failures
+
     stem = config.model.stem
-    fp32_path, int8_path = out / f"{stem}.onnx", out / f"{stem}.int8.onnx"
+    fp32_path, int8_path = staging / f"{stem}.onnx", staging / f"{stem}.int8.onnx"
 
     echo(f"loading {config.parity_size} parity images from {parity_data}")
     parity_images, parity_desc, _ = sample_images(parity_data, PARITY_SPLITS, config.parity_size, config.seed)
-    parity_inputs = preprocessing.apply(parity_images)
-    keras_probs = model.predict(parity_inputs, batch_size=256, verbose=0)
+    keras_probs = model.predict(preprocessing.apply(parity_images), batch_size=256, verbose=0)
     add_softmax = bool(np.isfinite(keras_probs).all()) and not _is_probability_output(keras_probs)
     if add_softmax:
         echo("note: the model outputs logits; the ONNX model adds a softmax")
@@ -142,8 +162,7 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
     echo(f"converting {config.model} to ONNX (opset {config.opset})")
     proto = keras_to_onnx(model, add_softmax=add_softmax, opset=config.opset,
                           uint8_input=preprocessing if config.uint8_input else None)
-    with atomic_path(fp32_path) as tmp:
-        onnx.save(proto, str(tmp))
+    onnx.save(proto, str(fp32_path))
     input_spec, output_spec = _io_spec(proto)
 
     def onnx_inputs(images: np.ndarray) -> np.ndarray:
@@ -153,30 +172,35 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
         session = make_session(path)
         return session.run([OUTPUT_NAME], {INPUT_NAME: onnx_inputs(parity_images)})[0]
 
+    def report(name: str, parity) -> None:
+        echo(f"parity {name} vs Keras on {parity.images} images: max |dp| {parity.max_abs_diff:.3g}, "
+             f"top-1 agreement {parity.top1_agreement:.2%}")
+
     results = {"fp32": compare(keras_probs, run(fp32_path))}
-    models = {"fp32": _file_entry(fp32_path)}
+    report("fp32", results["fp32"])
+    problems = failures("fp32", results["fp32"], FP32_PARITY_LIMIT, None)
+    if problems:  # no point calibrating a model that is already wrong (NaN breaks the calibrator)
+        raise CheckFailedError("parity check failed: " + "; ".join(problems) + "; nothing was written")
+
     quantization = None
     if config.quantize:
         from cifar_edge.exporter.quantize import quantize_int8
 
         echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
         calib_seed = config.seed + 1
-        calib_images, calib_desc, calib_split = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size,
-                                                              calib_seed)
+        calib_images, calib_desc, _ = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size, calib_seed)
         quantization = quantize_int8(fp32_path, int8_path, onnx_inputs(calib_images), config.calib_method)
         quantization["calibration_data"] = calib_desc
-        quantization["calibration_source"] = {"path": str(Path(calib_data).resolve()), "size": config.calib_size,
-                                              "seed": calib_seed}
+        quantization["calibration_source"] = {"path": str(Path(calib_data).resolve()) if Path(calib_data).exists()
+                                              else str(calib_data), "size": config.calib_size, "seed": calib_seed}
         results["int8"] = compare(keras_probs, run(int8_path))
-        models["int8"] = _file_entry(int8_path)
+        report("int8", results["int8"])
+        problems = failures("int8", results["int8"], None, config.int8_min_agreement)
+        if problems:
+            raise CheckFailedError("parity check failed: " + "; ".join(problems) + "; nothing was written")
 
-    problems = failures("fp32", results["fp32"], FP32_PARITY_LIMIT, None)
-    if "int8" in results:
-        problems += failures("int8", results["int8"], None, config.int8_min_agreement)
-    for name, parity in results.items():
-        echo(f"parity {name} vs Keras on {parity.images} images: max |dp| {parity.max_abs_diff:.3g}, "
-             f"top-1 agreement {parity.top1_agreement:.2%}, size {models[name]['bytes'] / 1024:.0f} KiB")
-
+    staged = {"fp32": fp32_path, "int8": int8_path} if config.quantize else {"fp32": fp32_path}
+    models = {name: _file_entry(path) for name, path in staged.items()}
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": 1,
@@ -195,15 +219,21 @@ def export(config: ExportConfig, echo: Callable[[str], None] = print) -> dict[st
         "parity": {
             "data": parity_desc,
             "fp32_max_abs_diff_limit": FP32_PARITY_LIMIT,
-            "passed": not problems,
+            "int8_min_top1_agreement": config.int8_min_agreement if config.quantize else None,
+            "passed": True,
             **{name: p.to_dict() for name, p in results.items()},
         },
         "export_time_s": round(time.perf_counter() - started, 1),
     }
+    try:
+        for path in staged.values():
+            os.replace(path, out / path.name)
+    except OSError as exc:
+        raise WriteError(f"cannot write to {out}: {exc.strerror or exc}") from None
     write_json(out / MANIFEST_NAME, manifest)
-    echo(f"wrote {', '.join(str(out / m['file']) for m in models.values())} and {out / MANIFEST_NAME}")
-    if problems:
-        raise CheckFailedError("parity check failed: " + "; ".join(problems))
+    for name, entry in models.items():
+        echo(f"wrote {out / entry['file']} ({entry['bytes'] / 1024:.0f} KiB)")
+    echo(f"wrote {out / MANIFEST_NAME}")
     return manifest
 
 

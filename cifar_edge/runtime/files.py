@@ -18,6 +18,12 @@ from typing import Any
 from cifar_edge.errors import WriteError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it onto `target` on success.
@@ -32,6 +38,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
         )
         os.close(fd)
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get normal permissions
     except OSError as exc:
         raise WriteError(f"cannot write {target}: {exc.strerror or exc}") from exc
     tmp = Path(tmp_name)

@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar_edge.runtime.manifest import IMAGE_SIZE
 
-_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
 class ImageReadError(Exception):
@@ -64,9 +64,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     composited onto white, palette/CMYK/LAB/YCbCr go through Pillow's
     converters.
     """
-    if image.mode in _SIXTEEN_BIT_MODES:
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        # 16-bit modes span 0..65535.  Mode "I" (32-bit) has no fixed range:
+        # treat it as 16-bit data when it exceeds 8-bit values.
+        sixteen = image.mode in _SIXTEEN_BIT_MODES or array.max(initial=0) > 255
+        peak = 65535.0 if sixteen else 255.0
         array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
         image = Image.fromarray(array, mode="L")
     elif image.mode == "F":
@@ -88,14 +91,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarray:
     """Read one image file as a (size, size, 3) uint8 array.
 
-    Images of another size are resized with Pillow's bilinear filter (which
+    EXIF orientation is applied.  Images of another size are resized with Pillow's bilinear filter (which
     antialiases when shrinking).  Raises ImageReadError with a short reason.
     """
     try:
         with Image.open(path) as image:
             image.seek(0)
             image.load()
-            rgb = to_rgb(image)
+            rgb = to_rgb(ImageOps.exif_transpose(image))
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
     except UnidentifiedImageError:

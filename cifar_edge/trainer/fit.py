@@ -16,7 +16,7 @@ from cifar_edge.datasets import Dataset, Split, load_dataset
 from cifar_edge.errors import BadInputError
 from cifar_edge.runtime.files import atomic_path, write_json, write_text
 from cifar_edge.runtime.manifest import Preprocessing
-from cifar_edge.trainer.recipes import Recipe
+from cifar_edge.presets import Recipe
 
 MODEL_FILE = "model.keras"
 TRAINING_FILE = "training.json"

@@ -1,0 +1,76 @@
+"""The stronger presets and the time budget, on small real slices of CIFAR-10 (JPEG)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cifar_edge.trainer.macs import count_macs
+from cifar_edge.trainer.models import build_model
+from cifar_edge.presets import RECIPES
+from cifar_edge.trainer.schedules import one_cycle_lr
+
+# Documented in README's preset table.
+PRESET_SIZES = {"resnet8": (78_666, 12_501_632)}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_SIZES))
+def test_preset_builds_with_documented_size(name):
+    params, macs = PRESET_SIZES[name]
+    model = build_model(name)
+    assert model.count_params() == params
+    assert count_macs(model) == macs
+    assert model.output_shape == (None, 10)
+
+
+def test_edge_preset_fits_the_edge_budget():
+    model = build_model("edge")
+    assert count_macs(model) <= 50_000_000
+    assert model.count_params() <= 1_000_000  # int8 file <= 1 MB
+
+
+def test_one_cycle_schedule_shape():
+    peak = 4e-3
+    assert one_cycle_lr(0.0, peak) == pytest.approx(peak / 10)
+    assert one_cycle_lr(0.15, peak) == pytest.approx(peak)
+    assert one_cycle_lr(1.0, peak) == pytest.approx(0.0, abs=1e-12)
+    lrs = [one_cycle_lr(p / 100, peak) for p in range(15, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone anneal after warm-up
+
+
+@pytest.mark.parametrize("name", ["resnet8", "edge"])
+def test_preset_learns_on_real_data(cli, jpeg_dir, tmp_path, name):
+    out = tmp_path / name
+    result = cli("train", "--model", name, "--data", jpeg_dir, "--limit", 40, "--epochs", 3,
+                 "--batch-size", 64, "--out", out)
+    assert result.code == 0, result.err
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 3
+    assert history["loss"][-1] < history["loss"][0] * 0.95
+    info = json.loads((out / "training.json").read_text())
+    assert info["model"] == name
+    assert info["recipe"]["schedule"] == RECIPES[name].schedule
+    assert info["macs_per_image"] == count_macs(build_model(name))
+
+
+def test_time_budget_stops_on_time(cli, jpeg_dir, tmp_path):
+    budget_min = 0.4  # 24 s for the whole run, loading and saving included
+    out = tmp_path / "budget"
+    started = time.perf_counter()
+    result = cli("train", "--model", "edge", "--data", jpeg_dir, "--limit", 100, "--time-budget", budget_min,
+                 "--out", out)
+    elapsed = time.perf_counter() - started
+    assert result.code == 0, result.err
+    info = json.loads((out / "training.json").read_text())
+    assert info["stopped_by_time_budget"] is True
+    assert info["time_budget_min"] == budget_min
+    assert info["wall_time_s"] <= budget_min * 60 + 5
+    assert elapsed <= budget_min * 60 + 15  # the plots written after training.json
+    assert (out / "model.keras").is_file()
+
+
+def test_time_budget_too_small_is_a_clear_error(cli, jpeg_dir, tmp_path):
+    result = cli("train", "--data", jpeg_dir, "--limit", 5, "--time-budget", 0.001, "--out", tmp_path / "x")
+    result.assert_one_line_error(3, "time budget")
