@@ -12,6 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from dataclasses import replace
+
 import click
 
 from cifar_edge import __version__
@@ -89,10 +91,11 @@ def _preset_help() -> str:
     lines = ["\b", "Preset recipes (flags override):"]
     for name, r in RECIPES.items():
         stop = f"early stop {r.early_stopping_patience}" if r.early_stopping_patience is not None else "no early stop"
+        budget = f", {r.time_budget:g} min budget" if r.time_budget else ""
         sched = (f"ReduceLROnPlateau {r.reduce_lr_factor:g}/{r.reduce_lr_patience}"
                  if r.schedule == "plateau" else "one-cycle")
         lines.append(f"  {name}: {r.epochs} epochs, batch {r.batch_size}, lr {r.learning_rate:g} {sched}, "
-                     f"{stop}, {r.augment}, wd {r.weight_decay:g}, smoothing {r.label_smoothing:g}")
+                     f"{stop}, {r.augment}, wd {r.weight_decay:g}, smoothing {r.label_smoothing:g}, {r.precision}{budget}")
     return "\n".join(lines)
 
 
@@ -137,12 +140,15 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit,
         from cifar_edge.presets import RECIPES
     except ImportError as exc:
         raise _need_train_extra(exc) from None
-    recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                                time_budget=recipe.time_budget)
     if time_budget and epochs is None and recipe.schedule == "onecycle":
         recipe = recipe.with_overrides(epochs=100_000)  # the budget, not an epoch count, ends the run
+    if epochs is not None and time_budget is None:
+        recipe = replace(recipe, time_budget=None)  # an explicit epoch count replaces the preset's budget
     config = TrainConfig(model=model_name, recipe=recipe, out=out or Path("runs") / model_name, data=data,
                          seed=seed, limit=limit, val_size=val_size, val_on_test=val_on_test,
-                         time_budget=time_budget)
+                         time_budget=recipe.time_budget)
     run_train(config, echo=click.echo)
 
 

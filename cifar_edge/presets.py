@@ -24,6 +24,9 @@ class Recipe:
     label_smoothing: float = 0.0
     augment: str = "flip-shift"  # "flip-shift": flips + ±10% shifts; "flip-crop": flips + pad-4 crops
     shift: float = 0.1
+    optimizer: str = "adam"  # "adam" (AdamW when weight_decay > 0) or "sgd" (Nesterov momentum 0.9)
+    time_budget: float | None = None  # minutes for the whole run; None = no budget
+    precision: str = "fp32"  # "bf16": mixed bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX)
 
     def with_overrides(self, **overrides: Any) -> Recipe:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -38,11 +41,13 @@ RECIPES: dict[str, Recipe] = {
     "seed": Recipe(),
     # MLPerf Tiny ResNet-8, trained with a one-cycle schedule.
     "resnet8": Recipe(
-        epochs=30, batch_size=128, learning_rate=4e-3, schedule="onecycle",
-        early_stopping_patience=None, weight_decay=5e-4, label_smoothing=0.1, augment="flip-crop",
+        epochs=40, batch_size=128, learning_rate=3e-3, schedule="onecycle",
+        early_stopping_patience=None, weight_decay=5e-2, label_smoothing=0.1, augment="flip-crop",
+        precision="bf16",
     ),
     "edge": Recipe(
-        epochs=20, batch_size=256, learning_rate=4e-3, schedule="onecycle",
-        early_stopping_patience=None, weight_decay=5e-4, label_smoothing=0.1, augment="flip-crop",
+        epochs=60, time_budget=19.0, batch_size=256, learning_rate=3e-3, schedule="onecycle",
+        early_stopping_patience=None, weight_decay=5e-2, label_smoothing=0.1, augment="flip-crop",
+        precision="bf16",
     ),
 }

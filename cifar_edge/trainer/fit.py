@@ -90,9 +90,25 @@ def _optimizer(recipe: Recipe):
 
     if recipe.schedule not in ("plateau", "onecycle"):
         raise BadInputError(f"unknown schedule {recipe.schedule!r}")
-    if recipe.weight_decay:
-        return keras.optimizers.AdamW(learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay)
-    return keras.optimizers.Adam(learning_rate=recipe.learning_rate)
+    if recipe.optimizer == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=0.9, nesterov=True,
+                                   weight_decay=recipe.weight_decay or None)
+    elif recipe.weight_decay:
+        opt = keras.optimizers.AdamW(learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    else:
+        return keras.optimizers.Adam(learning_rate=recipe.learning_rate)
+    # Decay the weights, not the BatchNorm scales/offsets or biases.
+    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 matrix units (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _callbacks(recipe: Recipe, steps_per_epoch: int, budget_s: float | None, echo):
@@ -153,7 +169,14 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
          f"{len(test_split)} test; loaded in {loaded_s:.1f}s")
 
     num_classes = len(dataset.class_names)
-    model = build_model(config.model, num_classes)
+    bf16 = recipe.precision == "bf16" and cpu_has_bf16()
+    if recipe.precision == "bf16" and not bf16:
+        echo("note: this CPU has no native bfloat16; training in float32")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    try:
+        model = build_model(config.model, num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     params, macs = model.count_params(), count_macs(model)
     echo(f"model: {config.model}: {params:,} parameters, {macs / 1e6:.1f}M MACs per image")
 
@@ -170,7 +193,7 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         metrics=["accuracy"],
     )
     echo(f"training: up to {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.learning_rate:g} "
-         f"({recipe.schedule}), augment {recipe.augment}")
+         f"({recipe.schedule}), augment {recipe.augment}, {'bf16 mixed precision' if bf16 else 'float32'}")
     fit_started = time.perf_counter()
     budget_s = None
     if config.time_budget:
@@ -187,6 +210,11 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
     stopped_by_budget = callbacks[0].stopped_by_budget
     fit_s = time.perf_counter() - fit_started
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if bf16:
+        # Save (and test) a plain float32 model: same weights, no bf16 casts for the exporter.
+        trained = model
+        model = build_model(config.model, num_classes)
+        model.set_weights(trained.get_weights())
 
     probs = predict_probabilities(model, test_split.images, config.preprocessing)
     metrics = reports.classification_metrics(test_split.labels, probs.argmax(1), dataset.class_names)
@@ -228,6 +256,7 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         "test_loss": None,
         "wall_time_s": round(wall_s, 1),
         "fit_time_s": round(fit_s, 1),
+        "precision": "bf16 mixed" if bf16 else "float32",
         "environment": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
