@@ -141,7 +141,7 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit,
     except ImportError as exc:
         raise _need_train_extra(exc) from None
     recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                                time_budget=recipe.time_budget)
+                                                time_budget=time_budget)
     if time_budget and epochs is None and recipe.schedule == "onecycle":
         recipe = recipe.with_overrides(epochs=100_000)  # the budget, not an epoch count, ends the run
     if epochs is not None and time_budget is None:
