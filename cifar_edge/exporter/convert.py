@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx
 
+from cifar_edge.exporter.simplify import simplify
 from cifar_edge.runtime.manifest import INPUT_NAME, OUTPUT_NAME, Preprocessing
 
 DEFAULT_OPSET = 17
@@ -39,6 +40,7 @@ def keras_to_onnx(model, add_softmax: bool = False, opset: int = DEFAULT_OPSET,
     spec = [tf.TensorSpec([None, 32, 32, 3], dtype, name=INPUT_NAME)]
     proto, _ = tf2onnx.convert.from_function(tf.function(forward), input_signature=spec, opset=opset)
     _name_batch_dim(proto)
+    simplify(proto)
     proto.producer_name = "cifar-edge"
     return proto
 

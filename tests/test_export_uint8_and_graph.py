@@ -1,0 +1,109 @@
+"""`export --uint8-input` (scaling inside the graph) and the graph clean-ups."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import EXPORT_ARGS, keras_probabilities
+
+from cifar_edge.exporter.simplify import fold_batch_reshapes
+from cifar_edge.runtime.classifier import Classifier
+
+
+@pytest.fixture(scope="module")
+def uint8_export(cli, seed_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uint8-export")
+    result = cli("export", seed_run.model, *EXPORT_ARGS, "--uint8-input", "--out", out)
+    assert result.code == 0, result.err
+    return out
+
+
+def test_uint8_model_takes_pixels(uint8_export):
+    for name in ("model.onnx", "model.int8.onnx"):
+        session = ort.InferenceSession(str(uint8_export / name), providers=["CPUExecutionProvider"])
+        (inp,) = session.get_inputs()
+        assert (inp.name, inp.type, inp.shape) == ("images", "tensor(uint8)", ["batch", 32, 32, 3])
+    manifest = json.loads((uint8_export / "manifest.json").read_text())
+    assert manifest["input"]["dtype"] == "uint8"
+    assert manifest["preprocessing"]["in_graph"] is True
+    assert manifest["parity"]["fp32"]["max_abs_diff"] <= 1e-4
+
+
+def test_uint8_fp32_matches_keras_on_real_pixels(uint8_export, keras_seed, test_images_200):
+    pixels, _ = test_images_200
+    session = ort.InferenceSession(str(uint8_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(["probabilities"], {"images": pixels})[0]
+    keras_probs = keras_probabilities(keras_seed, pixels)
+    assert np.abs(onnx_probs - keras_probs).max() <= 1e-4
+    assert (onnx_probs.argmax(1) == keras_probs.argmax(1)).all()
+
+
+def test_runtime_feeds_uint8_models_raw_pixels(uint8_export, seed_export, test_images_200):
+    pixels, _ = test_images_200
+    raw = Classifier(uint8_export / "model.onnx")
+    scaled = Classifier(seed_export.fp32)
+    assert raw.preprocess(pixels[:2]).dtype == np.uint8
+    assert scaled.preprocess(pixels[:2]).dtype == np.float32
+    np.testing.assert_allclose(raw.predict(pixels), scaled.predict(pixels), atol=1e-5)
+
+
+def test_flatten_shape_computation_is_folded(seed_export):
+    proto = onnx.load(str(seed_export.fp32))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Shape" not in ops and "Concat" not in ops
+    reshapes = [n for n in proto.graph.node if n.op_type == "Reshape"]
+    assert len(reshapes) == 1
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert inits[reshapes[0].input[1]].tolist() == [-1, 4 * 4 * 128]
+
+
+def test_fold_batch_reshapes_keeps_outputs():
+    from onnx import TensorProto, helper
+
+    # x [batch, 2, 3] -> Reshape(x, concat(shape(x)[0:1], [6])) -> [batch, 6]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "one"], ["b"]),
+        helper.make_node("Concat", ["b", "six"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]), helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("six", TensorProto.INT64, [1], [6])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(4 * 6, dtype=np.float32).reshape(4, 2, 3)
+    before = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert fold_batch_reshapes(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["Reshape"]
+    after = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(before, after)
+
+
+def test_fold_leaves_non_batch_reshapes_alone():
+    from onnx import TensorProto, helper
+
+    # target = shape(x) reversed: not of the form [batch, constants...]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "m1", "big", "zero", "m1"], ["rev"]),
+        helper.make_node("Reshape", ["x", "rev"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, "batch"])],
+        [helper.make_tensor("m1", TensorProto.INT64, [1], [-1]),
+         helper.make_tensor("big", TensorProto.INT64, [1], [-(2**62)]),
+         helper.make_tensor("zero", TensorProto.INT64, [1], [0])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert fold_batch_reshapes(proto) == 0
+    assert len(proto.graph.node) == 3
