@@ -107,3 +107,36 @@ def test_fold_leaves_non_batch_reshapes_alone():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert fold_batch_reshapes(proto) == 0
     assert len(proto.graph.node) == 3
+
+
+def test_uint8_int8_model_has_no_float_preprocessing(uint8_export, seed_export, test_images_200):
+    proto = onnx.load(str(uint8_export / "model.int8.onnx"))
+    first_users = [n.op_type for n in proto.graph.node if "images" in n.input]
+    assert first_users == ["Transpose"]  # pixels go straight in as the quantized tensor
+    assert not any(n.op_type in ("Cast", "Mul") for n in proto.graph.node[:3])
+    manifest = json.loads((uint8_export / "manifest.json").read_text())
+    assert manifest["preprocessing"]["in_graph_how"]["int8"] == "fused into the input quantization"
+    # Same int8 graph as the float-input export, so the same probabilities on real pixels.
+    pixels, _ = test_images_200
+    u8 = ort.InferenceSession(str(uint8_export / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    f32 = ort.InferenceSession(str(seed_export.int8), providers=["CPUExecutionProvider"])
+    a = u8.run(["probabilities"], {"images": pixels})[0]
+    b = f32.run(["probabilities"], {"images": pixels.astype(np.float32) / 255})[0]
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+    assert np.abs(a - b).max() <= 0.02
+
+
+def test_uint8_fallback_prefix_for_non_integer_zero_point(seed_export, test_images_200):
+    from cifar_edge.exporter.uint8_input import to_uint8_input
+    from cifar_edge.runtime.manifest import Preprocessing
+
+    prep = Preprocessing(scale=(2 / 255,) * 3, offset=(-1.0,) * 3)  # [-1, 1]: zero point 127.5
+    proto = onnx.load(str(seed_export.int8))
+    assert to_uint8_input(proto, prep) == "Cast/Mul/Add prefix"
+    assert [n.op_type for n in proto.graph.node[:3]] == ["Cast", "Mul", "Add"]
+    pixels, _ = test_images_200
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"images": pixels[:8]})[0]
+    ref = ort.InferenceSession(str(seed_export.int8), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"images": prep.apply(pixels[:8])})[0]
+    np.testing.assert_allclose(out, ref, atol=1e-6)

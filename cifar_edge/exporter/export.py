@@ -147,6 +147,7 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
     so a failed export never replaces a good one."""
     from cifar_edge.exporter.convert import keras_to_onnx
     from cifar_edge.exporter.parity import compare, failures
+    from cifar_edge.exporter.uint8_input import to_uint8_input
 
     stem = config.model.stem
     fp32_path, int8_path = staging / f"{stem}.onnx", staging / f"{stem}.int8.onnx"
@@ -160,8 +161,12 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         keras_probs = _softmax(keras_probs)
 
     echo(f"converting {config.model} to ONNX (opset {config.opset})")
-    proto = keras_to_onnx(model, add_softmax=add_softmax, opset=config.opset,
-                          uint8_input=preprocessing if config.uint8_input else None)
+    proto = keras_to_onnx(model, add_softmax=add_softmax, opset=config.opset)
+    float_path = staging / "float-input.onnx"  # calibration runs on the float-input graph
+    onnx.save(proto, str(float_path))
+    uint8_how = {}
+    if config.uint8_input:
+        uint8_how["fp32"] = to_uint8_input(proto, preprocessing)
     onnx.save(proto, str(fp32_path))
     input_spec, output_spec = _io_spec(proto)
 
@@ -189,7 +194,11 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
         calib_seed = config.seed + 1
         calib_images, calib_desc, _ = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size, calib_seed)
-        quantization = quantize_int8(fp32_path, int8_path, onnx_inputs(calib_images), config.calib_method)
+        quantization = quantize_int8(float_path, int8_path, preprocessing.apply(calib_images), config.calib_method)
+        if config.uint8_input:
+            int8_proto = onnx.load(str(int8_path))
+            uint8_how["int8"] = to_uint8_input(int8_proto, preprocessing)
+            onnx.save(int8_proto, str(int8_path))
         quantization["calibration_data"] = calib_desc
         quantization["calibration_source"] = {"path": str(Path(calib_data).resolve()) if Path(calib_data).exists()
                                               else str(calib_data), "size": config.calib_size, "seed": calib_seed}
@@ -207,7 +216,8 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         "cifar_edge": __version__,
         "class_names": list(class_names),
         "preprocessing": preprocessing.to_dict() | {"source": prep_source,
-                                                     "in_graph": config.uint8_input},
+                                                     "in_graph": config.uint8_input,
+                                                     "in_graph_how": uint8_how or None},
         "input": input_spec,
         "output": output_spec,
         "opset": config.opset,
