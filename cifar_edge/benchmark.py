@@ -44,6 +44,7 @@ class BenchConfig:
     tflite: bool = True
     data: str | None = None
     limit: int | None = None
+    images: str | None = None  # a folder for the end-to-end `infer` measurement
 
 
 def percentiles(seconds: np.ndarray) -> dict[str, float]:
@@ -163,8 +164,22 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
             row.update(accuracy.get(v.name, {}))
             rows.append(row)
             echo(_line(row, config.batch_sizes))
+    infer_rows = []
+    cold = None
+    if config.images:
+        from cifar_edge.runtime.images import find_images
+
+        for variant in manifest.models:
+            infer_rows.append(end_to_end(manifest, config.images, variant))
+            echo(f"infer end to end, onnx-{variant}: {infer_rows[-1]['images']} images in "
+                 f"{infer_rows[-1]['seconds']:.2f}s = {infer_rows[-1]['images_per_s']:,.0f} images/s")
+        fastest = "int8" if "int8" in manifest.models else "fp32"
+        cold = cold_start(manifest.model_path(fastest), find_images([config.images])[0])
+        echo(f"cold start (process start to first prediction, onnx-{fastest}): {cold['median_s']:.3f}s median")
     report = {
         "models": rows,
+        "infer": infer_rows,
+        "cold_start": cold,
         "ratios": _ratios(rows, config.batch_sizes),
         "batch_sizes": config.batch_sizes,
         "warmup": config.warmup,
@@ -186,6 +201,35 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
     _plot(report, out / "bench.png")
     echo(f"wrote {out}/bench.json, bench.md and bench.png")
     return report
+
+
+def end_to_end(manifest, folder: str, variant: str) -> dict[str, Any]:
+    """`infer`'s own path over a folder: decode + resize + classify, images per second."""
+    from cifar_edge.runtime.classifier import Classifier
+    from cifar_edge.runtime.images import find_images
+    from cifar_edge.runtime.infer import predict_files
+
+    files = find_images([folder])
+    clf = Classifier(manifest.model_path(variant), manifest, threads=1)
+    start = time.perf_counter()
+    ok = sum(p.ok for p in predict_files(clf, files, batch_size=256))
+    seconds = time.perf_counter() - start
+    return {"model": f"onnx-{variant}", "folder": str(folder), "images": ok, "seconds": seconds,
+            "images_per_s": ok / seconds}
+
+
+def cold_start(model: Path, image: Path, runs: int = 5) -> dict[str, Any]:
+    """Seconds from process start to the first prediction on one image (`python -m cifar_edge infer`)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cifar_edge", "infer", str(model), str(image), "--format", "csv"]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return {"model": str(model), "runs": runs, "median_s": float(np.median(times)), "min_s": float(min(times))}
 
 
 def _accuracy(variants: list[Variant], test) -> dict[str, dict[str, float]]:
@@ -248,6 +292,15 @@ def _markdown(report: dict[str, Any]) -> str:
         for r in report["ratios"]:
             lines.append(f"| {r['threads']} | {r['latency_b1_p50']:.2f} | "
                          + " | ".join(f"{r['throughput'][str(b)]:.2f}" for b in bs) + " |")
+    if report.get("infer"):
+        lines += ["", "`infer` end to end (decode + resize + classify, worker processes decoding, batch 256):", "",
+                  "| model | images | seconds | images/s |", "|---|---:|---:|---:|"]
+        for r in report["infer"]:
+            lines.append(f"| {r['model']} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} |")
+    if report.get("cold_start"):
+        c = report["cold_start"]
+        lines += ["", f"Cold start, process start to the first prediction on one image: {c['median_s']:.3f} s "
+                  f"(median of {c['runs']}, `python -m cifar_edge infer`)."]
     return "\n".join(lines + ["", "![latency and throughput](bench.png)"]) + "\n"
 
 

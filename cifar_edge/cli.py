@@ -234,9 +234,12 @@ def export(model, out, quantize, calib_data, calib_size, calib_method, parity_da
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write results to FILE (atomically) instead of stdout.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="onnxruntime intra-op threads (0 = all cores).")
-def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads) -> None:
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="onnxruntime intra-op threads (0 = all cores); the decoding workers use the other cores.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes decoding images in parallel with the model (0 = decode in-process).  "
+              "[default: one per core, for 512+ files]")
+def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads, workers) -> None:
     """Classify image files and folders (recursive) with an exported ONNX model.
 
     Any image Pillow reads, any size or mode (converted to 32x32 RGB).  An
@@ -258,7 +261,7 @@ def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads) -> No
     classifier = Classifier(model, Manifest.load(manifest) if manifest else None, threads=threads or None)
     top_k = min(top_k, len(classifier.class_names))
     results = []
-    for prediction in predict_files(classifier, files, batch_size=batch_size, top_k=top_k):
+    for prediction in predict_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers):
         if not prediction.ok:
             click.echo(f"skipped {prediction.path}: {prediction.error}", err=True)
         results.append(prediction)
@@ -336,10 +339,12 @@ def _thread_list(ctx, param, value):
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Also measure each model's accuracy on this test set. " + _DATA_HELP)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N test images per class.")
+@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Also time `infer` end to end over this folder, and the cold start.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Report folder.  [default: TARGET/bench]")
 def bench(target, threads, warmup, repeats, batch_sizes, batch_repeats, rounds, use_keras, tflite, data, limit,
-          out) -> None:
+          images, out) -> None:
     """Latency (batch 1: p50/p90/p99), throughput, size and accuracy of every model, side by side.
 
     Keras, ONNX fp32 and ONNX int8, and as the baseline TFLite fp32 and
@@ -357,7 +362,7 @@ def bench(target, threads, warmup, repeats, batch_sizes, batch_repeats, rounds, 
         _import_tensorflow()
     config = BenchConfig(threads=threads, warmup=warmup, repeats=repeats, batch_sizes=batch_sizes,
                          batch_repeats=batch_repeats, rounds=rounds, use_keras=use_keras, tflite=tflite,
-                         data=data, limit=limit)
+                         data=data, limit=limit, images=images)
     run_bench(target, config, out=out, echo=click.echo)
 
 

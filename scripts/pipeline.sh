@@ -22,5 +22,5 @@ step export   cifar-edge export "$OUT/model.keras" --quantize
 step evaluate cifar-edge evaluate "$OUT" --data "$JPEG"
 step evaluate cifar-edge evaluate "$OUT" --data "$EXACT"
 step infer    cifar-edge infer "$OUT/model.int8.onnx" "$JPEG/test" --format csv --output "$OUT/infer-test.csv"
-step bench    cifar-edge bench "$OUT"
+step bench    cifar-edge bench "$OUT" --data "$JPEG" --images "$JPEG/test"
 echo "done: reports in $OUT/"

@@ -323,3 +323,29 @@ def test_find_images(images, tmp_path):
     # explicit files are kept whatever their extension, duplicates dropped
     assert find_images([images["notes"], images["notes"], images["root"] / "real"])[0] == images["notes"]
     assert len(find_images([images["root"] / "real", images["real"][0]])) == N_REAL
+
+
+def test_parallel_decoding_matches_in_process_decoding(cli, seed_export, images):
+    """Worker processes (the default for large folders) give the same rows, broken files included."""
+    runs = {}
+    for workers in ("0", "2"):
+        result = cli("infer", seed_export.int8, images["root"], "--format", "json", "--batch-size", 4,
+                     "--workers", workers)
+        assert result.code == 1
+        runs[workers] = json.loads(result.out)
+    assert runs["0"] == runs["2"]
+    errors = [r for r in runs["2"] if "error" in r]
+    assert {Path(r["path"]).name for r in errors} == {"corrupt.jpg", "truncated.jpg"}
+
+
+def test_tiff_orientation_tag_is_applied(tmp_path):
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[:, :32] = (255, 0, 0)  # left half red, right half blue
+    wide[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display = rotate 90 degrees clockwise
+    path = _save(Image.fromarray(wide), tmp_path / "rotated.tif", exif=exif)
+    pixels = load_image(path).astype(int)
+    # After rotating clockwise the red half is on top, the blue half at the bottom.
+    assert pixels[2, 16, 0] > 200 and pixels[2, 16, 2] < 50
+    assert pixels[29, 16, 2] > 200 and pixels[29, 16, 0] < 50

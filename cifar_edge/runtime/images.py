@@ -38,22 +38,21 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """
     extensions = image_extensions()
     found: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            candidates = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions
-            )
-        elif path.exists():
+        path = os.fspath(raw)
+        if os.path.isdir(path):
+            candidates = sorted(os.path.join(folder, n) for folder, _, names in os.walk(path) for n in names
+                                if os.path.splitext(n)[1].lower() in extensions)
+        elif os.path.exists(path):
             candidates = [path]
         else:
-            raise FileNotFoundError(str(path))
+            raise FileNotFoundError(path)
         for candidate in candidates:
-            key = candidate.resolve()
+            key = os.path.normcase(os.path.abspath(candidate))
             if key not in seen:
                 seen.add(key)
-                found.append(candidate)
+                found.append(Path(candidate))
     return found
 
 
@@ -98,7 +97,9 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarr
         with Image.open(path) as image:
             image.seek(0)
             image.load()
-            rgb = to_rgb(ImageOps.exif_transpose(image))
+            if "exif" in image.info or image.format == "TIFF":  # TIFF keeps orientation in its own tags
+                image = ImageOps.exif_transpose(image)  # parsing EXIF costs more than decoding a 32x32 JPEG
+            rgb = to_rgb(image)
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
     except UnidentifiedImageError:
