@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import CIFAR10_CLASSES, keras_probabilities, ort_probabilities
+from conftest import CIFAR10_CLASSES, EXPORT_ARGS, keras_probabilities, ort_probabilities
 from keras import layers
 
 from cifar_edge.exporter.parity import compare, failures
@@ -146,6 +146,35 @@ def test_int8_model(seed_export, test_images_200, keras_200):
     assert agreement >= INT8_MIN_AGREEMENT, agreement
     # quantized, so not bit-identical to fp32
     assert np.abs(int8_probs - keras_200).max() > 1e-6
+
+
+def _conv_weight_range(path) -> tuple[int, int]:
+    """Smallest and largest quantized value of the int8 Conv/Gemm weights in a QDQ model."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    values = [inits[n.input[0]] for n in proto.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert values, "no int8 weights found"
+    return min(int(v.min()) for v in values), max(int(v.max()) for v in values)
+
+
+def test_int8_weights_use_7_bits_by_default(seed_export):
+    """Full-range s8 weights saturate VPMADDUBSW on x86 CPUs without VNNI (AVX2): 7 bits by default."""
+    low, high = _conv_weight_range(seed_export.int8)
+    assert -64 <= low and high <= 64 and high - low > 100, (low, high)
+    quantization = seed_export.manifest["quantization"]
+    assert quantization["reduce_range"] is True and "7-bit" in quantization["weights"]
+
+
+def test_full_range_option(cli, seed_run, tmp_path):
+    out = tmp_path / "full"
+    result = cli("export", seed_run.model, *EXPORT_ARGS, "--full-range", "--out", out)
+    assert result.code == 0, result.err
+    low, high = _conv_weight_range(out / "model.int8.onnx")
+    assert low < -64 or high > 64, (low, high)
+    assert json.loads((out / "manifest.json").read_text())["quantization"]["reduce_range"] is False
 
 
 # --- parity helpers ----------------------------------------------------------------------------

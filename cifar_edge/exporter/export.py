@@ -43,6 +43,7 @@ class ExportConfig:
     calib_data: str | None = None
     calib_size: int = 500
     calib_method: str = "minmax"
+    reduce_range: bool = True
     parity_data: str | None = None
     parity_size: int = 500
     preprocessing: Preprocessing | None = None
@@ -194,7 +195,8 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
         calib_seed = config.seed + 1
         calib_images, calib_desc, _ = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size, calib_seed)
-        quantization = quantize_int8(float_path, int8_path, preprocessing.apply(calib_images), config.calib_method)
+        quantization = quantize_int8(float_path, int8_path, preprocessing.apply(calib_images), config.calib_method,
+                                    config.reduce_range)
         if config.uint8_input:
             int8_proto = onnx.load(str(int8_path))
             uint8_how["int8"] = to_uint8_input(int8_proto, preprocessing)
