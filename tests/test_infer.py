@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CIFAR10_CLASSES
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cifar_edge.runtime.images import ImageReadError, find_images, load_image
 
@@ -325,8 +325,8 @@ def test_find_images(images, tmp_path):
     assert len(find_images([images["root"] / "real", images["real"][0]])) == N_REAL
 
 
-def test_parallel_decoding_matches_in_process_decoding(cli, seed_export, images):
-    """Worker processes (the default for large folders) give the same rows, broken files included."""
+def test_decoding_processes_match_the_decoding_thread(cli, seed_export, images):
+    """--workers 2 (processes) gives the same rows as the default decoding thread, broken files included."""
     runs = {}
     for workers in ("0", "2"):
         result = cli("infer", seed_export.int8, images["root"], "--format", "json", "--batch-size", 4,
@@ -349,3 +349,41 @@ def test_tiff_orientation_tag_is_applied(tmp_path):
     # After rotating clockwise the red half is on top, the blue half at the bottom.
     assert pixels[2, 16, 0] > 200 and pixels[2, 16, 2] < 50
     assert pixels[29, 16, 2] > 200 and pixels[29, 16, 0] < 50
+
+
+# --- the fast JPEG path -------------------------------------------------------------------------
+
+def _pillow_only(monkeypatch, path):
+    import cifar_edge.runtime.images as images_module
+
+    with monkeypatch.context() as m:
+        m.setattr(images_module, "simplejpeg", None)
+        assert images_module.decode_plain_jpeg(path) is None
+        return load_image(path)
+
+
+def test_fast_jpeg_path_gives_pillows_pixels(images, monkeypatch, tmp_path):
+    from cifar_edge.runtime.images import decode_plain_jpeg
+
+    progressive = _save(Image.open(images["real"][0]).resize((48, 40)), tmp_path / "progressive.jpg",
+                        progressive=True, quality=90)
+    plain = [*images["real"], images["odd"]["gray"], images["odd"]["large"], progressive]
+    for path in plain:
+        assert decode_plain_jpeg(path) is not None, path.name  # really took the fast path
+        np.testing.assert_array_equal(load_image(path), _pillow_only(monkeypatch, path), err_msg=path.name)
+
+
+def test_unusual_jpegs_go_to_pillow(images, tmp_path):
+    from cifar_edge.runtime.images import decode_plain_jpeg
+
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees
+    with_exif = _save(Image.fromarray(images["rgb"]), tmp_path / "exif.jpg", exif=exif)
+    png_named_jpg = _save(Image.fromarray(images["rgb"]), tmp_path / "really-png.jpg", format="PNG")
+    for path in (with_exif, images["odd"]["cmyk_jpeg"], images["truncated"], images["corrupt"], png_named_jpg,
+                 images["odd"]["png"]):
+        assert decode_plain_jpeg(path) is None, path.name
+    # ...and Pillow still applies the orientation and reads the PNG.
+    np.testing.assert_array_equal(load_image(with_exif)[0, 0], np.asarray(
+        ImageOps.exif_transpose(Image.open(with_exif)).convert("RGB"))[0, 0])
+    np.testing.assert_array_equal(load_image(png_named_jpg), images["rgb"])
