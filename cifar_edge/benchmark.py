@@ -65,13 +65,20 @@ def time_calls(fn: Callable[[np.ndarray], Any], x: np.ndarray, n: int) -> np.nda
 
 def interleaved(variants: list[Variant], inputs: dict[str, np.ndarray], warmup: int, repeats: int,
                 rounds: int) -> dict[str, np.ndarray]:
-    """Per-call times for each variant, collected over `rounds` interleaved rounds."""
+    """Per-call times for each variant, collected over `rounds` interleaved rounds.
+
+    Each variant's block of calls starts with one untimed call: the engine
+    timed before it may still have worker threads spin-waiting (onnxruntime
+    and XNNPACK both spin before they sleep), which on a 2-core machine
+    would bill one engine for another's idle threads.
+    """
     for v in variants:
         time_calls(v.raw, inputs[v.name], warmup)
     per_round = max(1, repeats // rounds)
     times: dict[str, list[np.ndarray]] = {v.name: [] for v in variants}
     for _ in range(rounds):
         for v in variants:
+            v.raw(inputs[v.name])
             times[v.name].append(time_calls(v.raw, inputs[v.name], per_round))
     return {name: np.concatenate(t) for name, t in times.items()}
 
@@ -121,8 +128,11 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
     if config.use_keras or config.tflite:
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already started in this process (bench called as a library)
+            echo("note: TensorFlow is already initialised here; Keras runs with its existing thread pool")
         keras = keras_variant(manifest)
         if keras is None:
             echo("note: the source Keras model is not available; timing ONNX models only")
@@ -169,12 +179,17 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
     if config.images:
         from cifar_edge.runtime.images import find_images
 
+        files = find_images([config.images])
+        if not files:
+            raise BadInputError(f"no image files found in {config.images}")
         for variant in manifest.models:
-            infer_rows.append(end_to_end(manifest, config.images, variant))
-            echo(f"infer end to end, onnx-{variant}: {infer_rows[-1]['images']} images in "
-                 f"{infer_rows[-1]['seconds']:.2f}s = {infer_rows[-1]['images_per_s']:,.0f} images/s")
+            infer_rows.append(infer_end_to_end(f"onnx-{variant}", manifest.model_path(variant), config.images,
+                                               len(files)))
+            r = infer_rows[-1]
+            echo(f"infer end to end, onnx-{variant}: {r['images']} images in {r['seconds']:.2f}s = "
+                 f"{r['images_per_s']:,.0f} images/s (the whole command, start-up included)")
         fastest = "int8" if "int8" in manifest.models else "fp32"
-        cold = cold_start(manifest.model_path(fastest), find_images([config.images])[0])
+        cold = cold_start(manifest.model_path(fastest), files[0])
         echo(f"cold start (process start to first prediction, onnx-{fastest}): {cold['median_s']:.3f}s median")
     report = {
         "models": rows,
@@ -203,32 +218,33 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
     return report
 
 
-def end_to_end(manifest, folder: str, variant: str) -> dict[str, Any]:
-    """`infer`'s own path over a folder: decode + resize + classify, images per second."""
-    from cifar_edge.runtime.classifier import Classifier
-    from cifar_edge.runtime.images import find_images
-    from cifar_edge.runtime.infer import predict_files
+def _time_infer(model: Path, *args: str | Path) -> float:
+    """Wall seconds of one `python -m cifar_edge infer MODEL ARGS... --format csv` process."""
+    import subprocess
+    import sys
 
-    files = find_images([folder])
-    clf = Classifier(manifest.model_path(variant), manifest, threads=1)
+    cmd = [sys.executable, "-m", "cifar_edge", "infer", str(model), *map(str, args), "--format", "csv"]
     start = time.perf_counter()
-    ok = sum(p.ok for p in predict_files(clf, files, batch_size=256))
+    done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    return {"model": f"onnx-{variant}", "folder": str(folder), "images": ok, "seconds": seconds,
-            "images_per_s": ok / seconds}
+    if done.returncode not in (0, 1):  # 1: some files were unreadable, the rest were classified
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise BadInputError(f"`cifar-edge infer {model.name}` failed with exit {done.returncode}: {last}")
+    return seconds
+
+
+def infer_end_to_end(name: str, model: Path, folder: str | Path, count: int, runs: int = 3) -> dict[str, Any]:
+    """Wall time of `cifar-edge infer MODEL FOLDER` with its defaults: start-up, file listing, decoding,
+    resizing, classifying and writing the CSV; the best of `runs` (the first also warms the file cache)."""
+    with tempfile.TemporaryDirectory(prefix="cifar-edge-bench-") as tmp:
+        seconds = min(_time_infer(model, folder, "--output", Path(tmp) / "out.csv") for _ in range(runs))
+    return {"model": name, "folder": str(folder), "images": count, "seconds": seconds,
+            "images_per_s": count / seconds, "runs": runs}
 
 
 def cold_start(model: Path, image: Path, runs: int = 5) -> dict[str, Any]:
     """Seconds from process start to the first prediction on one image (`python -m cifar_edge infer`)."""
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "cifar_edge", "infer", str(model), str(image), "--format", "csv"]
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
+    times = [_time_infer(model, image) for _ in range(runs)]
     return {"model": str(model), "runs": runs, "median_s": float(np.median(times)), "min_s": float(min(times))}
 
 
@@ -293,7 +309,8 @@ def _markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {r['threads']} | {r['latency_b1_p50']:.2f} | "
                          + " | ".join(f"{r['throughput'][str(b)]:.2f}" for b in bs) + " |")
     if report.get("infer"):
-        lines += ["", "`infer` end to end (decode + resize + classify, worker processes decoding, batch 256):", "",
+        lines += ["", "`cifar-edge infer MODEL FOLDER` end to end, its defaults, the whole command "
+                  "(start-up, listing, decoding, resizing, classifying, CSV), best of 3:", "",
                   "| model | images | seconds | images/s |", "|---|---:|---:|---:|"]
         for r in report["infer"]:
             lines.append(f"| {r['model']} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:,.0f} |")
