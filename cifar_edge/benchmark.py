@@ -38,7 +38,7 @@ class BenchConfig:
     warmup: int = 20
     repeats: int = 300
     batch_sizes: list[int] = field(default_factory=lambda: [32, 256])
-    batch_repeats: int = 10
+    batch_repeats: int = 40
     rounds: int = 5
     use_keras: bool = True
     tflite: bool = True

@@ -334,7 +334,8 @@ def _thread_list(ctx, param, value):
               help="Timed batch-1 calls per model.")
 @click.option("--batch-sizes", default="32,256", show_default=True, callback=lambda c, p, v: _int_list(v),
               help="Comma-separated batch sizes for the throughput test.")
-@click.option("--batch-repeats", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-repeats", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Timed calls per model and batch size, split over the rounds.")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Interleaved timing rounds (every model once per round).")
 @click.option("--keras/--no-keras", "use_keras", default=True, show_default=True,

@@ -166,15 +166,36 @@ def test_int8_weights_use_7_bits_by_default(seed_export):
     assert -64 <= low and high <= 64 and high - low > 100, (low, high)
     quantization = seed_export.manifest["quantization"]
     assert quantization["reduce_range"] is True and "7-bit" in quantization["weights"]
+    # ...except the first convolution's, which keep 8 bits as uint8 (u8u8 kernels cannot saturate).
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(seed_export.int8))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    u8_weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                  and n.input[0] in inits and inits[n.input[0]].dtype == np.uint8 and inits[n.input[0]].ndim == 4]
+    assert len(u8_weights) == 1 and u8_weights[0].shape[1] == 3  # the stem conv: 3 input channels (OIHW)
+    assert int(u8_weights[0].max()) - int(u8_weights[0].min()) > 128
 
 
-def test_full_range_option(cli, seed_run, tmp_path):
+def test_full_range_option(cli, seed_run, seed_export, tmp_path):
     out = tmp_path / "full"
     result = cli("export", seed_run.model, *EXPORT_ARGS, "--full-range", "--out", out)
     assert result.code == 0, result.err
     low, high = _conv_weight_range(out / "model.int8.onnx")
     assert low < -64 or high > 64, (low, high)
     assert json.loads((out / "manifest.json").read_text())["quantization"]["reduce_range"] is False
+    # ...and the runtime then asks onnxruntime for its non-saturating kernels (a no-op on VNNI CPUs).
+    from cifar_edge.runtime.classifier import Classifier
+
+    def precise(path):
+        options = Classifier(path).session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.x64quantprecision") == "1"
+        except RuntimeError:  # onnxruntime raises for a key that was never set
+            return False
+
+    assert precise(out / "model.int8.onnx") and not precise(out / "model.onnx")
+    assert not precise(seed_export.int8)
 
 
 # --- parity helpers ----------------------------------------------------------------------------

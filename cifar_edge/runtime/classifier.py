@@ -13,8 +13,15 @@ from cifar_edge.runtime.manifest import IMAGE_SIZE, Manifest
 
 
 
-def make_session(model_path: str | os.PathLike[str], threads: int | None = None) -> ort.InferenceSession:
-    """Open an ONNX model on the CPU, with a one-line error for a bad file."""
+def make_session(model_path: str | os.PathLike[str], threads: int | None = None,
+                 precise_int8: bool = False) -> ort.InferenceSession:
+    """Open an ONNX model on the CPU, with a one-line error for a bad file.
+
+    `precise_int8` sets onnxruntime's `session.x64quantprecision`: on x86
+    CPUs without VNNI it runs int8 weights through the slower u8u8 kernels
+    instead of the u8s8 ones that saturate on full-range weights (a no-op
+    elsewhere).  Models exported with 7-bit weights (the default) need it not.
+    """
     path = Path(model_path)
     if not path.is_file():
         raise BadInputError(f"model not found: {path}")
@@ -23,6 +30,8 @@ def make_session(model_path: str | os.PathLike[str], threads: int | None = None)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if precise_int8:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -45,8 +54,10 @@ class Classifier:
         threads: int | None = None,
     ) -> None:
         self.path = Path(model_path)
-        self.session = make_session(self.path, threads)
+        if not self.path.is_file():  # before looking for its manifest: the missing model is the news
+            raise BadInputError(f"model not found: {self.path}")
         self.manifest = manifest or Manifest.for_model(self.path)
+        self.session = make_session(self.path, threads, precise_int8=self.manifest.full_range_int8(self.path))
         self.class_names = self.manifest.class_names
         self.preprocessing = self.manifest.preprocessing
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

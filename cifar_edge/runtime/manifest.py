@@ -110,6 +110,12 @@ class Manifest:
             )
         return cls.load(candidate)
 
+    def full_range_int8(self, model_path: str | Path) -> bool:
+        """True for the int8 model of an export quantized with full-range (8-bit) weights."""
+        int8 = self.models.get("int8", {}).get("file")
+        quantization = self.raw.get("quantization") or {}
+        return Path(model_path).name == int8 and quantization.get("reduce_range") is False
+
     def model_path(self, variant: str) -> Path:
         """Absolute path of the model file for `variant` ('fp32', 'int8', ...)."""
         if variant not in self.models:
