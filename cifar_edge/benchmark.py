@@ -237,7 +237,11 @@ def infer_end_to_end(name: str, model: Path, folder: str | Path, count: int, run
     """Wall time of `cifar-edge infer MODEL FOLDER` with its defaults: start-up, file listing, decoding,
     resizing, classifying and writing the CSV; the best of `runs` (the first also warms the file cache)."""
     with tempfile.TemporaryDirectory(prefix="cifar-edge-bench-") as tmp:
-        seconds = min(_time_infer(model, folder, "--output", Path(tmp) / "out.csv") for _ in range(runs))
+        out = Path(tmp) / "out.csv"
+        seconds = min(_time_infer(model, folder, "--output", out) for _ in range(runs))
+        rows = len(out.read_text().splitlines()) - 1 if out.exists() else 0
+    if rows != count:  # a crash also exits 1: make sure every file got its row
+        raise BadInputError(f"`cifar-edge infer {model.name}` wrote {rows} rows for {count} files")
     return {"model": name, "folder": str(folder), "images": count, "seconds": seconds,
             "images_per_s": count / seconds, "runs": runs}
 

@@ -198,6 +198,15 @@ def test_full_range_option(cli, seed_run, seed_export, tmp_path):
     assert not precise(seed_export.int8)
 
 
+def test_exports_older_than_reduce_range_count_as_full_range(seed_export):
+    from cifar_edge.runtime.manifest import Manifest
+
+    manifest = Manifest.load(seed_export.manifest_path)
+    assert not manifest.full_range_int8(seed_export.int8)
+    del manifest.raw["quantization"]["reduce_range"]
+    assert manifest.full_range_int8(seed_export.int8) and not manifest.full_range_int8(seed_export.fp32)
+
+
 # --- parity helpers ----------------------------------------------------------------------------
 
 def test_compare_finite():

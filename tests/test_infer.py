@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -387,3 +388,29 @@ def test_unusual_jpegs_go_to_pillow(images, tmp_path):
     np.testing.assert_array_equal(load_image(with_exif)[0, 0], np.asarray(
         ImageOps.exif_transpose(Image.open(with_exif)).convert("RGB"))[0, 0])
     np.testing.assert_array_equal(load_image(png_named_jpg), images["rgb"])
+
+
+def test_find_images_lists_regular_files_in_path_order(tmp_path):
+    for folder in ("cat", "cat-2"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / folder / "1.png")
+    (tmp_path / "cat" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")  # a broken link is no image
+    os.mkfifo(tmp_path / "cat" / "pipe.jpg")  # would block a reader forever
+    found = find_images([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["cat/1.png", "cat-2/1.png"]
+
+
+def test_xmp_orientation_jpeg_goes_to_pillow(images, tmp_path):
+    from cifar_edge.runtime.images import decode_plain_jpeg
+
+    plain = images["real"][0].read_bytes()
+    xmp = (b'http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+           b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+           b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="3"/></rdf:RDF></x:xmpmeta>')
+    segment = b"\xff\xe1" + (len(xmp) + 2).to_bytes(2, "big") + xmp
+    path = tmp_path / "xmp.jpg"
+    path.write_bytes(plain[:2] + segment + plain[2:])
+    assert decode_plain_jpeg(images["real"][0]) is not None and decode_plain_jpeg(path) is None
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    np.testing.assert_array_equal(load_image(path), expected)
+    np.testing.assert_array_equal(load_image(path), load_image(images["real"][0])[::-1, ::-1])  # rotated 180

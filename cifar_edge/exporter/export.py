@@ -175,7 +175,8 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         return images if config.uint8_input else preprocessing.apply(images)
 
     def run(path: Path) -> np.ndarray:
-        session = make_session(path)
+        # As the runtime will run it: a full-range int8 model on the non-saturating kernels.
+        session = make_session(path, precise_int8=path == int8_path and not config.reduce_range)
         return session.run([OUTPUT_NAME], {INPUT_NAME: onnx_inputs(parity_images)})[0]
 
     def report(name: str, parity) -> None:

@@ -48,8 +48,10 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         path = os.fspath(raw)
         if os.path.isdir(path):
             extensions = extensions or image_extensions()
-            candidates = sorted(os.path.join(folder, n) for folder, _, names in os.walk(path) for n in names
-                                if os.path.splitext(n)[1].lower() in extensions)
+            found_here = (os.path.join(folder, n) for folder, _, names in os.walk(path) for n in names
+                          if os.path.splitext(n)[1].lower() in extensions)
+            # Regular files only (no broken links, FIFOs), in Path order: folder by folder.
+            candidates = sorted((c for c in found_here if os.path.isfile(c)), key=lambda c: c.split(os.sep))
         elif os.path.exists(path):
             candidates = [path]
         else:
@@ -108,8 +110,7 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarr
         with Image.open(path) as image:
             image.seek(0)
             image.load()
-            if "exif" in image.info or image.format == "TIFF":  # TIFF keeps orientation in its own tags
-                image = ImageOps.exif_transpose(image)  # parsing EXIF costs more than decoding a 32x32 JPEG
+            image = ImageOps.exif_transpose(image)  # EXIF, TIFF tags, XMP or PNG text: Pillow finds them all
             rgb = to_rgb(image)
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
@@ -140,8 +141,8 @@ def decode_plain_jpeg(path: str | os.PathLike[str]) -> np.ndarray | None:
     try:
         with open(path, "rb") as f:
             data = f.read()
-        if not data.startswith(b"\xff\xd8") or b"Exif\x00\x00" in data:
-            return None
+        if not data.startswith(b"\xff\xd8") or b"Exif\x00\x00" in data or b"tiff:Orientation" in data:
+            return None  # not a JPEG, or it may carry an orientation (EXIF or XMP): Pillow applies it
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if height * width > (Image.MAX_IMAGE_PIXELS or float("inf")):
             return None  # Pillow's decompression-bomb check gives the error

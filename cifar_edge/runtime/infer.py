@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cifar_edge.errors import BadInputError
 from cifar_edge.runtime.classifier import Classifier
 from cifar_edge.runtime.images import ImageReadError, load_image
 from cifar_edge.runtime.manifest import IMAGE_SIZE
@@ -60,7 +61,14 @@ def _decode_pool(workers: int):
 
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them (no traceback per worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def predict_files(
@@ -83,6 +91,8 @@ def predict_files(
     names = classifier.class_names
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     pool = _decode_pool(workers) if len(batches) > 1 else None
+    if pool:
+        from concurrent.futures import BrokenExecutor
     ahead = 1 + 2 * workers
     try:
         pending: deque = deque()
@@ -93,7 +103,11 @@ def predict_files(
                 while submitted < len(batches) and submitted <= b + ahead:
                     pending.append(pool.submit(decode_batch, batches[submitted]))
                     submitted += 1
-                images, errors = pending.popleft().result()
+                try:
+                    images, errors = pending.popleft().result()
+                except BrokenExecutor as exc:
+                    raise BadInputError(f"a decoding worker process died ({exc}); "
+                                        "try again with --workers 0") from None
             else:
                 images, errors = decode_batch(batch)
             good = [i for i in range(len(batch)) if i not in errors]

@@ -111,10 +111,13 @@ class Manifest:
         return cls.load(candidate)
 
     def full_range_int8(self, model_path: str | Path) -> bool:
-        """True for the int8 model of an export quantized with full-range (8-bit) weights."""
+        """True for the int8 model of an export quantized with full-range (8-bit) weights.
+
+        Exports older than the `reduce_range` field were all full-range.
+        """
         int8 = self.models.get("int8", {}).get("file")
         quantization = self.raw.get("quantization") or {}
-        return Path(model_path).name == int8 and quantization.get("reduce_range") is False
+        return Path(model_path).name == int8 and not quantization.get("reduce_range", False)
 
     def model_path(self, variant: str) -> Path:
         """Absolute path of the model file for `variant` ('fp32', 'int8', ...)."""
