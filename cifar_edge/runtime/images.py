@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-try:  # fast decoding of plain JPEGs; Pillow does everything else (and all of it without simplejpeg)
+try:  # fast decoding of plain JPEGs (a dependency); Pillow does everything else
     import simplejpeg
-except ImportError:  # pragma: no cover - an optional speed-up
+except ImportError:  # pragma: no cover - a platform without its wheel: Pillow decodes everything
     simplejpeg = None
 
 from cifar_edge.runtime.manifest import IMAGE_SIZE
@@ -102,10 +102,15 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarr
     antialiases when shrinking).  Raises ImageReadError with a short reason.
     """
     pixels = decode_plain_jpeg(path)
-    if pixels is not None:
-        if pixels.shape[:2] != (size, size):
-            pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
-        return pixels
+    if pixels is None:
+        pixels = _decode_with_pillow(path)
+    if pixels.shape[:2] != (size, size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+    return pixels
+
+
+def _decode_with_pillow(path: str | os.PathLike[str]) -> np.ndarray:
+    """Any image Pillow reads, orientation applied, as (H, W, 3) uint8; ImageReadError with a reason."""
     try:
         with Image.open(path) as image:
             image.seek(0)
@@ -118,8 +123,6 @@ def load_image(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> np.ndarr
         raise ImageReadError("not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot decode image ({exc})") from None
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
 
 
