@@ -11,7 +11,23 @@ import tensorflow as tf
 
 from cifar_edge.runtime.manifest import Preprocessing
 
-AUTOTUNE = tf.data.AUTOTUNE
+PARALLEL_CALLS = 2  # the reference machine has 2 cores
+PREFETCH_BATCHES = 2
+
+
+def _without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Fixed parallelism instead of tf.data's autotuner.
+
+    The autotuner's background thread sleeps for up to a minute between
+    rounds, and Keras deletes each epoch's iterator at the start of the next
+    epoch, which waits for that thread: on the 2-core reference machine this
+    stalled training for 10-70 s at most epoch boundaries (py-spy: the main
+    thread in ~IteratorResource, waiting on LogicalThreadWrapper), a third
+    of the `edge` preset's time budget.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def _normalize(preprocessing: Preprocessing):
@@ -57,13 +73,14 @@ def train_dataset(
     augment: str,
     shift: float,
     seed: int,
+    crop_pad: int = 4,
 ) -> tf.data.Dataset:
     """Shuffled, augmented, preprocessed training batches (reshuffled each epoch)."""
     normalize = _normalize(preprocessing)
     if augment == "flip-shift":
         aug = _flip_shift(shift, seed)
     elif augment == "flip-crop":
-        aug = _flip_crop()
+        aug = _flip_crop(crop_pad)
     elif augment == "none":
         aug = None
     else:
@@ -71,10 +88,10 @@ def train_dataset(
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
     ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     if aug is None:
-        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=PARALLEL_CALLS)
     else:
-        ds = ds.map(lambda x, y: (aug(normalize(x)), y), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+        ds = ds.map(lambda x, y: (aug(normalize(x)), y), num_parallel_calls=PARALLEL_CALLS)
+    return _without_autotune(ds.prefetch(PREFETCH_BATCHES))
 
 
 def eval_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
@@ -85,5 +102,5 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
         ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(normalize)
     else:
         ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))).batch(batch_size)
-        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=PARALLEL_CALLS)
+    return _without_autotune(ds.prefetch(PREFETCH_BATCHES))
