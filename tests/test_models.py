@@ -123,3 +123,22 @@ def test_build_model_number_of_classes(name):
     model = build_model(name, num_classes=7)
     assert tuple(model.inputs[0].shape) == (None, 32, 32, 3)
     assert tuple(model.outputs[0].shape) == (None, 7)
+
+
+def test_edge_structure_parameters_and_macs():
+    from cifar_edge.trainer.models import build_edge
+
+    edge = build_edge()
+    whiten = edge.layers[1]
+    assert (whiten.name, whiten.trainable, whiten.kernel_size, whiten.filters) == ("whiten", False, (2, 2), 24)
+    convs = [layer for layer in edge.layers if isinstance(layer, layers.Conv2D)][1:]
+    assert [c.filters for c in convs] == [32, 32, 96, 96, 96, 96]
+    assert not any(c.use_bias for c in convs)
+    # spatial sizes: 31 after the valid 2x2 whitening conv, then each block's pool halves it
+    sizes = [(31, 24, 32), (15, 32, 32), (15, 32, 96), (7, 96, 96), (7, 96, 96), (3, 96, 96)]
+    conv_macs = sum(s * s * 9 * cin * cout for s, cin, cout in sizes)
+    assert count_macs(edge) == 31 * 31 * 4 * 3 * 24 + conv_macs + 96 * 10 == 24_089_568
+    bn = 3 * (32 + 32 + 96 + 96 + 96 + 96)  # beta, moving mean, moving variance (no scale)
+    assert edge.count_params() == (12 * 24 + 24) + sum(9 * cin * cout for _, cin, cout in sizes) + bn + 960
+    assert edge.count_params() == 295_224
+    assert edge.layers[-1].get_config()["activation"] == "softmax"

@@ -91,7 +91,7 @@ def _optimizer(recipe: Recipe):
     if recipe.schedule not in ("plateau", "onecycle"):
         raise BadInputError(f"unknown schedule {recipe.schedule!r}")
     if recipe.optimizer == "sgd":
-        opt = keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=0.9, nesterov=True,
+        opt = keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=recipe.momentum, nesterov=True,
                                    weight_decay=recipe.weight_decay or None)
     elif recipe.weight_decay:
         opt = keras.optimizers.AdamW(learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay)
@@ -148,9 +148,11 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
     import tensorflow as tf
 
     from cifar_edge import reports
+    from cifar_edge.keras_layers import with_flip_tta
     from cifar_edge.trainer.macs import count_macs
     from cifar_edge.trainer.models import build_model
     from cifar_edge.trainer.pipeline import eval_dataset, train_dataset
+    from cifar_edge.trainer.whitening import MAX_IMAGES, fit_whitening
 
     started = time.perf_counter()
     recipe = config.recipe
@@ -177,6 +179,8 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         model = build_model(config.model, num_classes)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if fit_whitening(model, config.preprocessing.apply(fit_split.images[:MAX_IMAGES])):
+        echo(f"whitening layer fitted to {min(len(fit_split), MAX_IMAGES)} training images")
     params, macs = model.count_params(), count_macs(model)
     echo(f"model: {config.model}: {params:,} parameters, {macs / 1e6:.1f}M MACs per image")
 
@@ -184,7 +188,8 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         return x, tf.one_hot(y, num_classes)
 
     train_ds = train_dataset(fit_split.images, fit_split.labels, recipe.batch_size,
-                             config.preprocessing, recipe.augment, recipe.shift, config.seed).map(one_hot)
+                             config.preprocessing, recipe.augment, recipe.shift, config.seed,
+                             recipe.crop_pad).map(one_hot)
     val_ds = eval_dataset(val_split.images, val_split.labels, 256, config.preprocessing).map(one_hot)
     steps_per_epoch = math.ceil(len(fit_split) / recipe.batch_size)
     model.compile(
@@ -216,6 +221,13 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         model = build_model(config.model, num_classes)
         model.set_weights(trained.get_weights())
 
+    single_view_accuracy = None
+    if recipe.flip_tta:
+        probs = predict_probabilities(model, test_split.images, config.preprocessing)
+        single_view_accuracy = float((probs.argmax(1) == test_split.labels).mean())
+        model = with_flip_tta(model)
+        echo(f"test accuracy {single_view_accuracy:.4f} without test-time flip; saving the flip-averaged model "
+             f"({count_macs(model) / 1e6:.1f}M MACs per image)")
     probs = predict_probabilities(model, test_split.images, config.preprocessing)
     metrics = reports.classification_metrics(test_split.labels, probs.argmax(1), dataset.class_names)
     best_epoch = int(np.argmin(hist["val_loss"])) + 1 if recipe.early_stopping_patience is not None \
@@ -236,7 +248,8 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         "preprocessing": config.preprocessing.to_dict(),
         "input_shape": [32, 32, 3],
         "parameters": int(params),
-        "macs_per_image": int(macs),
+        "macs_per_image": int(count_macs(model)),  # of the saved model (both views with flip_tta)
+        "flip_tta": recipe.flip_tta,
         "data": {
             "source": str(Path(dataset.source).resolve()) if config.data else dataset.source,
             "train_images": len(fit_split),
@@ -253,6 +266,7 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         "best_epoch": best_epoch,
         "validation_accuracy": float(val_accuracy),
         "test_accuracy": metrics["accuracy"],
+        "test_accuracy_single_view": single_view_accuracy,
         "test_loss": None,
         "wall_time_s": round(wall_s, 1),
         "fit_time_s": round(fit_s, 1),
