@@ -92,10 +92,13 @@ def _preset_help() -> str:
     for name, r in RECIPES.items():
         stop = f"early stop {r.early_stopping_patience}" if r.early_stopping_patience is not None else "no early stop"
         budget = f", {r.time_budget:g} min budget" if r.time_budget else ""
+        budget += ", test-time flip" if r.flip_tta else ""
         sched = (f"ReduceLROnPlateau {r.reduce_lr_factor:g}/{r.reduce_lr_patience}"
                  if r.schedule == "plateau" else "one-cycle")
-        lines.append(f"  {name}: {r.epochs} epochs, batch {r.batch_size}, lr {r.learning_rate:g} {sched}, "
-                     f"{stop}, {r.augment}, wd {r.weight_decay:g}, smoothing {r.label_smoothing:g}, {r.precision}{budget}")
+        opt = f"sgd (momentum {r.momentum:g})" if r.optimizer == "sgd" else r.optimizer
+        aug = f"flip-crop (pad {r.crop_pad})" if r.augment == "flip-crop" else r.augment
+        lines.append(f"  {name}: {r.epochs} epochs, batch {r.batch_size}, {opt}, lr {r.learning_rate:g} {sched}, "
+                     f"{stop}, {aug}, wd {r.weight_decay:g}, smoothing {r.label_smoothing:g}, {r.precision}{budget}")
     return "\n".join(lines)
 
 
@@ -115,6 +118,18 @@ _DATA_HELP = ("cifar-10-batches-py folder, cifar-10-python.tar.gz, or image fold
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: the preset's]")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate.  [default: the preset's]")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
+              help="adam (AdamW with --weight-decay) or sgd (Nesterov).  [default: the preset's]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="Decoupled weight decay.  [default: the preset's]")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="[default: the preset's]")
+@click.option("--augment", type=click.Choice(["flip-shift", "flip-crop", "none"]), default=None,
+              help="flip-shift: flips + shifts (the notebook); flip-crop: flips + crops of the padded image.  "
+              "[default: the preset's]")
+@click.option("--flip-tta/--no-flip-tta", default=None,
+              help="Save the model averaged over each image and its mirror image (test-time flip: "
+              "2x the inference MACs).  [default: the preset's]")
 @click.option("--seed", type=int, default=42, show_default=True, help="Random seed (weights, split, shuffling).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N images per class of each split (quick runs).")
@@ -125,8 +140,8 @@ _DATA_HELP = ("cifar-10-batches-py folder, cifar-10-python.tar.gz, or image fold
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
               help="Wall-time budget for the whole run: one-cycle schedules are stretched to fit it "
               "(no epoch cap unless --epochs is given) and training stops on time.")
-def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit, val_size, val_on_test,
-          time_budget) -> None:
+def train(model_name, data, out, epochs, batch_size, learning_rate, optimizer, weight_decay, label_smoothing,
+          augment, flip_tta, seed, limit, val_size, val_on_test, time_budget) -> None:
     """Train a preset on CIFAR-10 and write the model and its reports.
 
     Writes OUT/model.keras, training.json (class names, preprocessing,
@@ -141,6 +156,8 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, seed, limit,
     except ImportError as exc:
         raise _need_train_extra(exc) from None
     recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                                optimizer=optimizer, weight_decay=weight_decay,
+                                                label_smoothing=label_smoothing, augment=augment, flip_tta=flip_tta,
                                                 time_budget=time_budget)
     if time_budget and epochs is None and recipe.schedule == "onecycle":
         recipe = recipe.with_overrides(epochs=100_000)  # the budget, not an epoch count, ends the run

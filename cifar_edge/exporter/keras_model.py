@@ -15,6 +15,8 @@ def load_keras_classifier(path: str | Path):
     """Load a .keras or legacy .h5 model with one (N, 32, 32, 3) input and one (N, C) output."""
     import keras
 
+    import cifar_edge.keras_layers  # noqa: F401  registers the layers cifar-edge models may contain
+
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"model not found: {path}")

@@ -30,6 +30,13 @@ def count_macs(model: keras.Model) -> int:
 def _flat_layers(model: keras.Model):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _flat_layers(layer)
+            # a sub-model called on two views (test-time flip) costs twice
+            for _ in range(_calls_in(model, layer)):
+                yield from _flat_layers(layer)
         else:
             yield layer
+
+
+def _calls_in(model: keras.Model, layer) -> int:
+    """How many times the graph calls the sub-model `layer` (each call adds an inbound node)."""
+    return max(1, len(getattr(layer, "_inbound_nodes", [])))

@@ -1,0 +1,35 @@
+"""Keras layers that cifar-edge's saved models may contain, registered for loading.
+
+Both the trainer (which builds them) and the exporter's model loader import
+this module, so a `model.keras` written by `train` loads anywhere the
+`[train]` extra is installed.  Kept out of `cifar_edge.runtime`: it needs Keras.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="cifar_edge")
+class HorizontalFlip(layers.Layer):
+    """Mirror NHWC images left to right (always: this is test-time augmentation, not training noise)."""
+
+    def call(self, inputs):
+        return keras.ops.flip(inputs, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def with_flip_tta(model: keras.Model) -> keras.Model:
+    """`model` averaged over the image and its mirror image: one graph, twice the MACs.
+
+    Test-time flipping buys the `edge` preset about a point of accuracy
+    (see README); the wrapper is an ordinary functional model, so Keras,
+    ONNX fp32 and ONNX int8 all run the same two-view average.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:], name="images")
+    views = [model(inputs), model(HorizontalFlip(name="mirror")(inputs))]
+    outputs = layers.Average(name="flip_average", dtype="float32")(views)
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")

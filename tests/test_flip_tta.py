@@ -1,0 +1,59 @@
+"""Test-time flip (cifar_edge.keras_layers): the wrapper, saving/loading, and its ONNX export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cifar_edge.keras_layers import HorizontalFlip, with_flip_tta
+from cifar_edge.trainer.macs import count_macs
+from cifar_edge.trainer.models import build_edge
+
+
+@pytest.fixture(scope="module")
+def edge_pair(test_images_200):
+    from cifar_edge.trainer.whitening import fit_whitening
+
+    images = test_images_200[0].astype(np.float32) / 255
+    model = build_edge()
+    fit_whitening(model, images)
+    return model, with_flip_tta(model), images[:16]
+
+
+def test_flip_mirrors_the_width_axis(test_images_200):
+    x = test_images_200[0][:2].astype(np.float32)
+    flipped = np.asarray(HorizontalFlip()(x))
+    np.testing.assert_array_equal(flipped, x[:, :, ::-1, :])
+    np.testing.assert_array_equal(np.asarray(HorizontalFlip()(flipped)), x)
+
+
+def test_wrapper_averages_the_two_views(edge_pair):
+    model, tta, x = edge_pair
+    expected = (np.asarray(model(x)) + np.asarray(model(x[:, :, ::-1]))) / 2
+    got = np.asarray(tta(x))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    assert tta.count_params() == model.count_params()  # shared weights
+    assert count_macs(tta) == 2 * count_macs(model)
+
+
+def test_saved_wrapper_loads_with_the_exporters_loader(edge_pair, tmp_path):
+    from cifar_edge.exporter.keras_model import load_keras_classifier
+
+    _, tta, x = edge_pair
+    path = tmp_path / "tta.keras"
+    tta.save(path)
+    loaded = load_keras_classifier(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(tta(x)), atol=1e-6)
+
+
+def test_wrapper_converts_to_onnx_with_parity(edge_pair):
+    import onnxruntime as ort
+
+    from cifar_edge.exporter.convert import keras_to_onnx
+
+    _, tta, x = edge_pair
+    proto = keras_to_onnx(tta)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (probs,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(probs, np.asarray(tta(x)), atol=1e-5)
