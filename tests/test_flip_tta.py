@@ -57,3 +57,20 @@ def test_wrapper_converts_to_onnx_with_parity(edge_pair):
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     (probs,) = session.run(None, {session.get_inputs()[0].name: x})
     np.testing.assert_allclose(probs, np.asarray(tta(x)), atol=1e-5)
+
+
+def test_saved_wrapper_loads_in_a_fresh_process(edge_pair, tmp_path):
+    # The loader itself must register HorizontalFlip: nothing else is imported there.
+    import subprocess
+    import sys
+
+    _, tta, x = edge_pair
+    path = tmp_path / "tta.keras"
+    tta.save(path)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np; from cifar_edge.exporter.keras_model import load_keras_classifier; "
+            "m = load_keras_classifier(sys.argv[1]); np.save(sys.argv[3], np.asarray(m(np.load(sys.argv[2]))))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), np.asarray(tta(x)), atol=1e-6)

@@ -84,3 +84,19 @@ def test_time_budget_stops_on_time(cli, jpeg_dir, tmp_path):
 def test_time_budget_too_small_is_a_clear_error(cli, jpeg_dir, tmp_path):
     result = cli("train", "--data", jpeg_dir, "--limit", 5, "--time-budget", 0.001, "--out", tmp_path / "x")
     result.assert_one_line_error(3, "time budget")
+
+
+def test_train_flags_reach_the_recipe(cli, monkeypatch, tmp_path):
+    import cifar_edge.trainer.fit as fit
+
+    seen = {}
+    monkeypatch.setattr(fit, "train", lambda config, echo=print: seen.setdefault("config", config))
+    result = cli("train", "--model", "edge", "--optimizer", "adam", "--weight-decay", 0.01,
+                 "--label-smoothing", 0.05, "--augment", "flip-shift", "--no-flip-tta", "--epochs", 3,
+                 "--out", tmp_path / "x")
+    assert result.code == 0, result.err
+    recipe = seen["config"].recipe
+    assert (recipe.optimizer, recipe.weight_decay, recipe.label_smoothing, recipe.augment, recipe.flip_tta,
+            recipe.epochs, recipe.time_budget) == ("adam", 0.01, 0.05, "flip-shift", False, 3, None)
+    # unset flags keep the preset's values
+    assert (recipe.batch_size, recipe.crop_pad, recipe.momentum) == (512, 2, 0.9)

@@ -183,8 +183,8 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         model = build_model(config.model, num_classes)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    if fit_whitening(model, config.preprocessing.apply(fit_split.images[:MAX_IMAGES])):
-        echo(f"whitening layer fitted to {min(len(fit_split), MAX_IMAGES)} training images")
+    if fit_whitening(model, fit_split.images, seed=config.seed, preprocess=config.preprocessing.apply):
+        echo(f"whitening layer fitted to {min(len(fit_split), MAX_IMAGES)} training images (a random sample)")
     params, macs = model.count_params(), count_macs(model)
     echo(f"model: {config.model}: {params:,} parameters, {macs / 1e6:.1f}M MACs per image")
 
@@ -210,7 +210,8 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         # (three passes over 10,000 images with the test-time flip), saving and the reports.
         spent = time.perf_counter() - started
         test_passes = 3 if recipe.flip_tta else 1  # single view, then both views
-        reserve = max(POST_TRAINING_S + test_passes * len(test_split) / EVAL_IMAGES_PER_S,
+        evaluated = len(val_split) + test_passes * len(test_split)  # the last validation runs after the stop
+        reserve = max(POST_TRAINING_S + evaluated / EVAL_IMAGES_PER_S,
                       0.04 * config.time_budget * 60)
         budget_s = config.time_budget * 60 - spent - reserve
         if budget_s <= 0:
