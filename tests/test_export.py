@@ -166,15 +166,31 @@ def test_int8_weights_use_7_bits_by_default(seed_export):
     assert -64 <= low and high <= 64 and high - low > 100, (low, high)
     quantization = seed_export.manifest["quantization"]
     assert quantization["reduce_range"] is True and "7-bit" in quantization["weights"]
-    # ...except the first convolution's, which keep 8 bits as uint8 (u8u8 kernels cannot saturate).
+    assert "first convolution" not in quantization["weights"]
+    assert _uint8_conv_weights(seed_export.int8) == []  # 7 bits everywhere, the first conv included
+
+
+def _uint8_conv_weights(path) -> list[np.ndarray]:
     from onnx import numpy_helper
 
-    proto = onnx.load(str(seed_export.int8))
+    proto = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    u8_weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
-                  and n.input[0] in inits and inits[n.input[0]].dtype == np.uint8 and inits[n.input[0]].ndim == 4]
+    return [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits and inits[n.input[0]].dtype == np.uint8 and inits[n.input[0]].ndim == 4]
+
+
+def test_first_conv_8bit_option(cli, seed_run, tmp_path):
+    """--first-conv-8bit: the stem's weights 8-bit as uint8 (u8u8 kernels cannot saturate), the rest 7-bit."""
+    out = tmp_path / "first8"
+    result = cli("export", seed_run.model, *EXPORT_ARGS, "--first-conv-8bit", "--out", out)
+    assert result.code == 0, result.err
+    u8_weights = _uint8_conv_weights(out / "model.int8.onnx")
     assert len(u8_weights) == 1 and u8_weights[0].shape[1] == 3  # the stem conv: 3 input channels (OIHW)
     assert int(u8_weights[0].max()) - int(u8_weights[0].min()) > 128
+    low, high = _conv_weight_range(out / "model.int8.onnx")
+    assert -64 <= low and high <= 64
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "the first convolution's: uint8" in manifest["quantization"]["weights"]
 
 
 def test_full_range_option(cli, seed_run, seed_export, tmp_path):

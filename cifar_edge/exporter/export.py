@@ -44,6 +44,7 @@ class ExportConfig:
     calib_size: int = 500
     calib_method: str = "minmax"
     reduce_range: bool = True
+    first_conv_8bit: bool = False
     parity_data: str | None = None
     parity_size: int = 500
     preprocessing: Preprocessing | None = None
@@ -197,7 +198,7 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         calib_seed = config.seed + 1
         calib_images, calib_desc, _ = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size, calib_seed)
         quantization = quantize_int8(float_path, int8_path, preprocessing.apply(calib_images), config.calib_method,
-                                    config.reduce_range)
+                                    config.reduce_range, config.first_conv_8bit)
         if config.uint8_input:
             int8_proto = onnx.load(str(int8_path))
             uint8_how["int8"] = to_uint8_input(int8_proto, preprocessing)
