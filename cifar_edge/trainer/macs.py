@@ -38,5 +38,9 @@ def _flat_layers(model: keras.Model):
 
 
 def _calls_in(model: keras.Model, layer) -> int:
-    """How many times the graph calls the sub-model `layer` (each call adds an inbound node)."""
+    """How many times the graph calls the sub-model `layer` (each call adds an inbound node).
+
+    Counts every call of `layer` in any graph: a sub-model shared by two separate
+    wrappers would be counted for both.  cifar-edge builds one wrapper per model.
+    """
     return max(1, len(getattr(layer, "_inbound_nodes", [])))
