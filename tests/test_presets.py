@@ -63,6 +63,13 @@ def test_preset_learns_on_real_data(cli, jpeg_dir, tmp_path, name):
     assert info["flip_tta"] is RECIPES[name].flip_tta
     if info["flip_tta"]:
         assert 0 <= info["test_accuracy_single_view"] <= 1
+        # the test accuracy written is the saved (flip-averaged) model's
+        from cifar_edge.datasets import load_dataset
+        from cifar_edge.exporter.keras_model import load_keras_classifier
+
+        split = load_dataset(jpeg_dir, splits=("test",), limit_per_class=40).split("test")
+        probs = load_keras_classifier(out / "model.keras").predict(split.images / 255.0, verbose=0)
+        assert float((probs.argmax(1) == split.labels).mean()) == pytest.approx(info["test_accuracy"], abs=1e-9)
 
 
 def test_time_budget_stops_on_time(cli, jpeg_dir, tmp_path):

@@ -31,13 +31,13 @@ def _flat_layers(model: keras.Model):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             # a sub-model called on two views (test-time flip) costs twice
-            for _ in range(_calls_in(model, layer)):
+            for _ in range(_calls(layer)):
                 yield from _flat_layers(layer)
         else:
             yield layer
 
 
-def _calls_in(model: keras.Model, layer) -> int:
+def _calls(layer) -> int:
     """How many times the graph calls the sub-model `layer` (each call adds an inbound node).
 
     Counts every call of `layer` in any graph: a sub-model shared by two separate
