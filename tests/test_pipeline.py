@@ -42,3 +42,18 @@ def test_flip_crop_shifts_by_at_most_the_padding(test_images_200):
     assert None not in shifts  # every sample is the image, maybe mirrored, moved by <= pad pixels
     assert len(set(shifts)) > 10  # and the flips and offsets do vary
     assert {m for m, _, _ in shifts} == {False, True}
+
+
+def _two_epochs(images, labels, seed):
+    ds = train_dataset(images, labels, 32, Preprocessing(), "flip-crop", 0.0, seed=seed, crop_pad=2)
+    return [np.concatenate([np.asarray(x) for x, _ in ds]) for _ in range(2)]
+
+
+def test_flip_crop_batches_repeat_for_the_same_seed(test_images_200):
+    # Stateless, per-batch seeds: parallel map calls cannot reorder the random numbers.
+    images, labels = test_images_200
+    first, again, other = _two_epochs(images, labels, 7), _two_epochs(images, labels, 7), _two_epochs(images, labels, 8)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], first[1])  # each epoch is shuffled and augmented anew
+    assert not np.array_equal(first[0], other[0])

@@ -50,13 +50,19 @@ def _flip_shift(shift: float, seed: int):
 
 
 def _flip_crop(pad: int = 4):
-    """Random horizontal flip and random 32x32 crop of the reflect-padded image."""
+    """Random horizontal flip and random 32x32 crop of the reflect-padded image.
 
-    def apply(x):
+    Stateless random ops, seeded per batch: the same `--seed` gives the same augmented batches
+    whichever of the parallel map calls runs first (stateful ops hand out their numbers in the
+    order the calls happen to run).
+    """
+
+    def apply(x, seed):
         n = tf.shape(x)[0]
-        x = tf.image.random_flip_left_right(x)
+        flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        x = tf.image.stateless_random_flip_left_right(x, flip_seed)
         padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        offsets = tf.random.uniform([n, 2], 0, 2 * pad + 1, dtype=tf.int32)
+        offsets = tf.random.stateless_uniform([n, 2], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
         rows = offsets[:, :1] + tf.range(32)[None, :]
         cols = offsets[:, 1:] + tf.range(32)[None, :]
         x = tf.gather(padded, rows, axis=1, batch_dims=1)
@@ -77,20 +83,22 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """Shuffled, augmented, preprocessed training batches (reshuffled each epoch)."""
     normalize = _normalize(preprocessing)
-    if augment == "flip-shift":
-        aug = _flip_shift(shift, seed)
-    elif augment == "flip-crop":
-        aug = _flip_crop(crop_pad)
-    elif augment == "none":
-        aug = None
-    else:
+    if augment not in ("flip-shift", "flip-crop", "none"):
         raise ValueError(f"unknown augmentation {augment!r}")
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
     ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    if aug is None:
-        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=PARALLEL_CALLS)
-    else:
+    if augment == "flip-crop":
+        crop = _flip_crop(crop_pad)
+        # one stateless seed pair per batch, new ones each epoch, all from `seed`
+        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, batch_seeds))
+        ds = ds.map(lambda xy, s: (crop(normalize(xy[0]), s), xy[1]), num_parallel_calls=PARALLEL_CALLS)
+    elif augment == "flip-shift":
+        # The notebook's Keras layers (stateful seeds): not bit-repeatable under parallel calls.
+        aug = _flip_shift(shift, seed)
         ds = ds.map(lambda x, y: (aug(normalize(x)), y), num_parallel_calls=PARALLEL_CALLS)
+    else:
+        ds = ds.map(lambda x, y: (normalize(x), y), num_parallel_calls=PARALLEL_CALLS)
     return _without_autotune(ds.prefetch(PREFETCH_BATCHES))
 
 
