@@ -95,7 +95,9 @@ def _preset_help() -> str:
         budget += ", test-time flip" if r.flip_tta else ""
         sched = (f"ReduceLROnPlateau {r.reduce_lr_factor:g}/{r.reduce_lr_patience}"
                  if r.schedule == "plateau" else "one-cycle")
-        opt = f"sgd (momentum {r.momentum:g})" if r.optimizer == "sgd" else r.optimizer
+        opt = {"sgd": f"sgd (momentum {r.momentum:g})",
+               "muon": f"muon (lr x{r.muon_lr_ratio:g}, momentum {r.muon_momentum:g}) + sgd (momentum {r.momentum:g})",
+               }.get(r.optimizer, r.optimizer)
         aug = f"flip-crop (pad {r.crop_pad})" if r.augment == "flip-crop" else r.augment
         lines.append(f"  {name}: {r.epochs} epochs, batch {r.batch_size}, {opt}, lr {r.learning_rate:g} {sched}, "
                      f"{stop}, {aug}, wd {r.weight_decay:g}, smoothing {r.label_smoothing:g}, {r.precision}{budget}")
@@ -118,8 +120,9 @@ _DATA_HELP = ("cifar-10-batches-py folder, cifar-10-python.tar.gz, or image fold
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: the preset's]")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate.  [default: the preset's]")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
-              help="adam (AdamW with --weight-decay) or sgd (Nesterov).  [default: the preset's]")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd", "muon"]), default=None,
+              help="adam (AdamW with --weight-decay), sgd (Nesterov), or muon (Muon on the conv kernels, "
+              "Nesterov SGD on the rest).  [default: the preset's]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
               help="Decoupled weight decay.  [default: the preset's]")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -138,8 +141,9 @@ _DATA_HELP = ("cifar-10-batches-py folder, cifar-10-python.tar.gz, or image fold
 @click.option("--val-on-test", is_flag=True,
               help="Validate (and early-stop) on the test set, as the original notebook did.")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MINUTES",
-              help="Wall-time budget for the whole run: one-cycle schedules are stretched to fit it "
-              "(no epoch cap unless --epochs is given) and training stops on time.")
+              help="Wall-time budget for the whole run: training times its first steps, plans the whole "
+              "epochs that fit (no epoch cap unless --epochs is given), fits the one-cycle schedule to "
+              "them and stops on time.")
 def train(model_name, data, out, epochs, batch_size, learning_rate, optimizer, weight_decay, label_smoothing,
           augment, flip_tta, seed, limit, val_size, val_on_test, time_budget) -> None:
     """Train a preset on CIFAR-10 and write the model and its reports.

@@ -94,7 +94,13 @@ def _optimizer(recipe: Recipe):
 
     if recipe.schedule not in ("plateau", "onecycle"):
         raise BadInputError(f"unknown schedule {recipe.schedule!r}")
-    if recipe.optimizer == "sgd":
+    if recipe.optimizer == "muon":
+        from cifar_edge.trainer.muon import ConvMuon
+
+        opt = ConvMuon(learning_rate=recipe.learning_rate, momentum=recipe.momentum,
+                       muon_lr_ratio=recipe.muon_lr_ratio, muon_momentum=recipe.muon_momentum,
+                       weight_decay=recipe.weight_decay or None)
+    elif recipe.optimizer == "sgd":
         opt = keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=recipe.momentum, nesterov=True,
                                    weight_decay=recipe.weight_decay or None)
     elif recipe.weight_decay:
@@ -115,13 +121,14 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _callbacks(recipe: Recipe, steps_per_epoch: int, budget_s: float | None, echo):
+def _callbacks(recipe: Recipe, steps_per_epoch: int, budget_s: float | None, val_images: int, echo):
     """The recipe as callbacks; the first one returned is the Progress tracker."""
     import keras
 
     from cifar_edge.trainer.schedules import OneCycle, Progress
 
-    progress = Progress(steps_per_epoch * recipe.epochs, budget_s)
+    progress = Progress(steps_per_epoch * recipe.epochs, budget_s, steps_per_epoch,
+                        epoch_overhead_s=val_images / EVAL_IMAGES_PER_S, echo=echo)
     callbacks = [progress, EpochLog(progress, echo)]
     if recipe.schedule == "onecycle":
         callbacks.append(OneCycle(progress, recipe.learning_rate))
@@ -218,17 +225,17 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
             raise BadInputError(f"the time budget of {config.time_budget:g} min is spent before training "
                                 f"starts (loading took {spent:.0f}s)")
         echo(f"time budget: {config.time_budget:g} min in all, {budget_s:.0f}s for training")
-    callbacks = _callbacks(recipe, steps_per_epoch, budget_s, echo)
+    callbacks = _callbacks(recipe, steps_per_epoch, budget_s, len(val_split), echo)
     history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, verbose=0,
                         callbacks=callbacks)
     stopped_by_budget = callbacks[0].stopped_by_budget
     fit_s = time.perf_counter() - fit_started
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    if bf16:
-        # Save (and test) a plain float32 model: same weights, no bf16 casts for the exporter.
-        trained = model
-        model = build_model(config.model, num_classes)
-        model.set_weights(trained.get_weights())
+    # Save (and test) a plain float32 model with the trained weights: no bf16 casts for the exporter,
+    # no optimizer or compile state (loading needs no training code, e.g. the Muon optimizer).
+    trained = model
+    model = build_model(config.model, num_classes)
+    model.set_weights(trained.get_weights())
 
     single_view_accuracy = None
     probs = predict_probabilities(model, test_split.images, config.preprocessing)
@@ -273,6 +280,7 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> dict[str,
         "epochs_run": len(hist["loss"]),
         "time_budget_min": config.time_budget,
         "stopped_by_time_budget": stopped_by_budget,
+        "planned_epochs": callbacks[0].planned_epochs,  # fitted to the budget; None without one
         "best_epoch": best_epoch,
         "validation_accuracy": float(val_accuracy),
         "test_accuracy": metrics["accuracy"],
