@@ -156,7 +156,7 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, optimizer, w
     try:
         from cifar_edge.trainer.fit import TrainConfig
         from cifar_edge.trainer.fit import train as run_train
-        from cifar_edge.presets import RECIPES
+        from cifar_edge.presets import RECIPES, UNCAPPED_EPOCHS
     except ImportError as exc:
         raise _need_train_extra(exc) from None
     recipe = RECIPES[model_name].with_overrides(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -164,7 +164,7 @@ def train(model_name, data, out, epochs, batch_size, learning_rate, optimizer, w
                                                 label_smoothing=label_smoothing, augment=augment, flip_tta=flip_tta,
                                                 time_budget=time_budget)
     if time_budget and epochs is None and recipe.schedule == "onecycle":
-        recipe = recipe.with_overrides(epochs=100_000)  # the budget, not an epoch count, ends the run
+        recipe = recipe.with_overrides(epochs=UNCAPPED_EPOCHS)  # the budget plans the epochs
     if epochs is not None and time_budget is None:
         recipe = replace(recipe, time_budget=None)  # an explicit epoch count replaces the preset's budget
     config = TrainConfig(model=model_name, recipe=recipe, out=out or Path("runs") / model_name, data=data,

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 
+# The epoch cap of a run that only has a time budget: the budget plans its epochs.
+UNCAPPED_EPOCHS = 100_000
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How to train one preset. Field names match the `train` flags."""
@@ -53,9 +57,9 @@ RECIPES: dict[str, Recipe] = {
     ),
     # airbench-style: Muon on the conv kernels (Nesterov SGD on the rest) at a high rate, strong
     # label smoothing, 2-pixel translations.  11 epochs, which fit the 19-minute budget on the 2-core
-    # reference VM however its speed wanders (85-105 s an epoch); the budget plans fewer on a slower
-    # machine and stops on time.  The epoch count, not the clock, sets the schedule, so two runs
-    # with one --seed take the same steps.
+    # reference VM in its usual 85-100 s an epoch; the budget guards them (on a slow hour it stops
+    # the run in the schedule's tail).  The epoch count, not the clock, sets the schedule, so two
+    # runs with one --seed take the same steps.
     "edge": Recipe(
         epochs=11, time_budget=19.0, batch_size=512, learning_rate=0.4, schedule="onecycle",
         early_stopping_patience=None, optimizer="muon", momentum=0.9, muon_lr_ratio=0.25, muon_momentum=0.7, weight_decay=5e-3, label_smoothing=0.2,

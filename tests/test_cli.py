@@ -89,8 +89,8 @@ def test_train_help_shows_the_seed_recipe(cli):
     flat = _flat(cli("train", "--help").out)
     # the notebook: batch 64, Adam 1e-3, <= 50 epochs, ReduceLROnPlateau(0.2, 2), EarlyStopping(5)
     assert "seed: 50 epochs, batch 64, adam, lr 0.001 ReduceLROnPlateau 0.2/2, early stop 5" in flat
-    assert ("edge: 60 epochs, batch 512, sgd (momentum 0.9), lr 0.4 one-cycle, no early stop, flip-crop (pad 2), "
-            "wd 0.005, smoothing 0.2, fp32, 19 min budget, test-time flip") in flat
+    assert ("edge: 11 epochs, batch 512, muon (lr x0.25, momentum 0.7) + sgd (momentum 0.9), lr 0.4 one-cycle, "
+            "no early stop, flip-crop (pad 2), wd 0.005, smoothing 0.2, fp32, 19 min budget, test-time flip") in flat
 
 
 def test_version(cli):

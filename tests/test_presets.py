@@ -71,6 +71,18 @@ def test_preset_learns_on_real_data(cli, jpeg_dir, tmp_path, name):
         split = load_dataset(jpeg_dir, splits=("test",), limit_per_class=40).split("test")
         probs = load_keras_classifier(out / "model.keras").predict(split.images / 255.0, verbose=0)
         assert float((probs.argmax(1) == split.labels).mean()) == pytest.approx(info["test_accuracy"], abs=1e-9)
+    if info["recipe"]["optimizer"] == "muon":
+        # the saved model carries no optimizer: plain Keras (plus the flip layer) loads it
+        import subprocess
+        import sys
+
+        code = ("import sys, keras, cifar_edge.keras_layers; "
+                "m = keras.models.load_model(sys.argv[1]); print(m.count_params())")
+        proc = subprocess.run([sys.executable, "-c", code, str(out / "model.keras")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "cifar_edge.trainer" not in proc.stderr
+        assert proc.stdout.split()[-1] == str(PRESET_SIZES[name][0])
 
 
 def test_time_budget_stops_on_time(cli, jpeg_dir, tmp_path):

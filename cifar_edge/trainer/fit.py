@@ -16,7 +16,7 @@ from cifar_edge.datasets import Dataset, Split, load_dataset
 from cifar_edge.errors import BadInputError
 from cifar_edge.runtime.files import atomic_path, write_json, write_text
 from cifar_edge.runtime.manifest import Preprocessing
-from cifar_edge.presets import Recipe
+from cifar_edge.presets import UNCAPPED_EPOCHS, Recipe
 
 MODEL_FILE = "model.keras"
 # What a budgeted run keeps back after fit() (measured on the 2-core reference CPU): saving and
@@ -127,8 +127,11 @@ def _callbacks(recipe: Recipe, steps_per_epoch: int, budget_s: float | None, val
 
     from cifar_edge.trainer.schedules import OneCycle, Progress
 
+    # Fit the epochs to the budget only when no epoch count was asked for (--time-budget alone);
+    # a preset's or --epochs' count is the plan, the budget its guard.
     progress = Progress(steps_per_epoch * recipe.epochs, budget_s, steps_per_epoch,
-                        epoch_overhead_s=val_images / EVAL_IMAGES_PER_S, echo=echo)
+                        epoch_overhead_s=val_images / EVAL_IMAGES_PER_S, echo=echo,
+                        fit_epochs=recipe.epochs >= UNCAPPED_EPOCHS)
     callbacks = [progress, EpochLog(progress, echo)]
     if recipe.schedule == "onecycle":
         callbacks.append(OneCycle(progress, recipe.learning_rate))

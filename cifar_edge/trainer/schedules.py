@@ -43,13 +43,17 @@ class Progress(keras.callbacks.Callback):
     plans the whole epochs that fit the budget (give or take `PLAN_OVERRUN`), counting
     `epoch_overhead_s` (validation) per epoch; from then on progress is steps done / planned steps, so the schedule depends on the
     plan, not on the clock, and two runs that plan the same epochs take the same steps.  The
-    budget stays a hard stop should the machine slow down.
+    budget stays a hard stop should the machine slow down.  With `fit_epochs=False` the plan is
+    `total_steps` whatever the probe says (a preset's own epoch count: the budget only guards it),
+    so runs of one seed take the same steps even when the machine's speed wanders.
     """
 
     def __init__(self, total_steps: int, budget_s: float | None = None, steps_per_epoch: int = 1,
-                 epoch_overhead_s: float = 0.0, echo: Callable[[str], None] | None = None) -> None:
+                 epoch_overhead_s: float = 0.0, echo: Callable[[str], None] | None = None,
+                 fit_epochs: bool = True) -> None:
         super().__init__()
         self.total_steps = self.cap_steps = max(1, total_steps)
+        self.fit_epochs = fit_epochs
         self.echo = echo
         self.budget_s = budget_s
         self.steps_per_epoch = max(1, steps_per_epoch)
@@ -74,7 +78,7 @@ class Progress(keras.callbacks.Callback):
         epoch_s = self.steps_per_epoch * step_s + self.epoch_overhead_s
         # the probe's own steps at the measured rate; what tracing cost beyond that is gone
         available = self.budget_s - (now - self.start) + self.steps * step_s
-        fitting = max(1, int(available * PLAN_OVERRUN // epoch_s))
+        fitting = max(1, int(available * PLAN_OVERRUN // epoch_s)) if self.fit_epochs else math.inf
         self.total_steps = min(self.cap_steps, fitting * self.steps_per_epoch)
         self.planned_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         if self.echo:
