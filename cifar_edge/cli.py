@@ -17,6 +17,7 @@ from dataclasses import replace
 import click
 
 from cifar_edge import __version__
+from cifar_edge.presets import DEFAULT_CALIB_SIZE
 from cifar_edge.errors import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
@@ -197,7 +198,7 @@ def _floats(ctx, param, value):
               help="Also write a static int8 (QDQ, per-channel) model, MODEL.int8.onnx.")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,
               help="Calibration images (training data). " + _DATA_HELP + "  [default: the data in training.json]")
-@click.option("--calib-size", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--calib-size", type=click.IntRange(min=1), default=DEFAULT_CALIB_SIZE, show_default=True,
               help="Number of calibration images.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)

@@ -18,6 +18,7 @@ import onnx
 from cifar_edge import __version__
 from cifar_edge.datasets import CIFAR10_CLASSES, Split, load_dataset
 from cifar_edge.errors import BadInputError, CheckFailedError, WriteError
+from cifar_edge.presets import DEFAULT_CALIB_SIZE
 from cifar_edge.runtime.classifier import make_session
 from cifar_edge.runtime.files import sha256_of, write_json
 from cifar_edge.runtime.manifest import (
@@ -41,7 +42,7 @@ class ExportConfig:
     out: Path | None = None
     quantize: bool = False
     calib_data: str | None = None
-    calib_size: int = 500
+    calib_size: int = DEFAULT_CALIB_SIZE
     calib_method: str = "minmax"
     reduce_range: bool = True
     first_conv_8bit: bool = False
