@@ -1,4 +1,5 @@
-"""Each preset's training recipe: the single source of truth for `train` defaults (and `export`'s calibration size).
+"""Each preset's training recipe: the single source of truth for `train` defaults
+(and for `export`'s calibration size).
 
 The CLI shows these in `--help` and any flag given overrides one field.
 """

@@ -1,9 +1,11 @@
 """Learning-rate schedules and the time budget, as Keras callbacks.
 
 The one-cycle schedule is driven by *progress*, steps done / steps planned.
-With `--time-budget` the run times its first steps and plans the whole epochs
-that fit, so the warm-up and the cosine anneal are fitted to the minutes the
-user can spare and the run ends on time with the learning rate at its floor.
+With `--time-budget` alone the run times its first steps and plans the whole
+epochs that fit, so the warm-up and the cosine anneal are fitted to the minutes
+the user can spare and the run ends on time with the learning rate at its
+floor.  With an epoch count as well (a preset's or `--epochs`) the count is the
+plan and the budget a hard stop, which on a slow machine ends the run early.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ class Progress(keras.callbacks.Callback):
     Without a budget, progress is steps done / `total_steps`.  With one, the first
     `PROBE_STEPS` steps are timed (the first, which traces the graph, left out) and the run
     plans the whole epochs that fit the budget (give or take `PLAN_OVERRUN`), counting
-    `epoch_overhead_s` (validation) per epoch; from then on progress is steps done / planned steps, so the schedule depends on the
-    plan, not on the clock, and two runs that plan the same epochs take the same steps.  The
-    budget stays a hard stop should the machine slow down.  With `fit_epochs=False` the plan is
+    `epoch_overhead_s` (validation) per epoch; from then on progress is steps done / planned
+    steps, so the schedule depends on the plan, not on the clock, and two runs that plan the
+    same epochs take the same steps.  The budget stays a hard stop should the machine slow down.  With `fit_epochs=False` the plan is
     `total_steps` whatever the probe says (a preset's own epoch count: the budget only guards it),
     so runs of one seed take the same steps even when the machine's speed wanders.
     """
