@@ -33,3 +33,17 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
     views = [model(inputs), model(HorizontalFlip(name="mirror")(inputs))]
     outputs = layers.Average(name="flip_average", dtype="float32")(views)
     return keras.Model(inputs, outputs, name=f"{model.name}_flip_tta")
+
+
+def flip_tta_inner(model: keras.Model) -> keras.Model | None:
+    """The single-view network inside a `with_flip_tta` model, or None for any other model.
+
+    The exporter uses it to run both views as one batch of 2N: one pass
+    through the network instead of two branches, half the kernel calls.
+    """
+    flips = [layer for layer in model.layers if isinstance(layer, HorizontalFlip)]
+    averages = [layer for layer in model.layers if isinstance(layer, layers.Average)]
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(flips) != 1 or len(averages) != 1 or len(inner) != 1 or len(model.layers) != 4:
+        return None
+    return inner[0]

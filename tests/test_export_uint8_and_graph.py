@@ -109,6 +109,54 @@ def test_fold_leaves_non_batch_reshapes_alone():
     assert len(proto.graph.node) == 3
 
 
+def _conv_pool_bn_relu(scale: np.ndarray, scale_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """x [N,3,8,8] -> Conv(4 filters) -> MaxPool 2x2 -> Mul(scale) -> Add(shift) -> Relu."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "c"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["conv"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Mul", ["pool", "s"], ["mul"]),
+        helper.make_node("Add", ["mul", "b"], ["add"]),
+        helper.make_node("Relu", ["add"], ["y"]),
+    ]
+    inits = [onnx.numpy_helper.from_array(a.astype(np.float32), name) for name, a in (
+        ("w", rng.normal(size=(4, 3, 3, 3))), ("c", rng.normal(size=4)),
+        ("s", scale.reshape(scale_shape)), ("b", rng.normal(size=scale_shape)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_bn_after_pool_folds_into_the_conv_exactly():
+    from cifar_edge.exporter.simplify import fold_bn_through_maxpool
+
+    proto = _conv_pool_bn_relu(np.array([0.5, 2.0, 1e-3, 3.0]), (1, 4, 1, 1))
+    x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    before = _run(proto, x)
+    assert fold_bn_through_maxpool(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "Relu", "MaxPool"]
+    np.testing.assert_allclose(_run(proto, x), before, rtol=1e-5, atol=1e-5)
+    assert proto.graph.output[0].name == "y"
+
+
+@pytest.mark.parametrize(("scale", "shape"), [
+    (np.array([0.5, -2.0, 1.0, 3.0]), (1, 4, 1, 1)),  # a negative scale turns max into min
+    (np.array([0.5, 2.0, 1.0, 3.0]), (4,)),  # broadcasts along the width, not the channels
+])
+def test_bn_fold_leaves_other_graphs_alone(scale, shape):
+    from cifar_edge.exporter.simplify import fold_bn_through_maxpool
+
+    proto = _conv_pool_bn_relu(scale, shape)
+    assert fold_bn_through_maxpool(proto) == 0
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "MaxPool", "Mul", "Add", "Relu"]
+
+
 def test_uint8_int8_model_has_no_float_preprocessing(uint8_export, seed_export, test_images_200):
     proto = onnx.load(str(uint8_export / "model.int8.onnx"))
     first_users = [n.op_type for n in proto.graph.node if "images" in n.input]

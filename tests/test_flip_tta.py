@@ -59,6 +59,27 @@ def test_wrapper_converts_to_onnx_with_parity(edge_pair):
     np.testing.assert_allclose(probs, np.asarray(tta(x)), atol=1e-5)
 
 
+def test_export_runs_both_views_as_one_batch(edge_pair):
+    # One pass over a 2N batch: the network's 7 convs once (not twice), its post-pool
+    # BatchNorms folded into the convs (no float Mul/Add left), parity at odd batch sizes.
+    import onnxruntime as ort
+
+    from cifar_edge.exporter.convert import keras_to_onnx
+    from cifar_edge.keras_layers import flip_tta_inner
+
+    model, tta, x = edge_pair
+    assert flip_tta_inner(tta) is model and flip_tta_inner(model) is None
+    proto = keras_to_onnx(tta)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Conv") == 7 and ops.count("Softmax") == 1 and ops.count("Concat") == 1
+    assert "Mul" not in ops and "Add" not in ops and "ReverseSequence" not in ops
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        (probs,) = session.run(None, {session.get_inputs()[0].name: x[:n]})
+        assert probs.shape == (n, 10)
+        np.testing.assert_allclose(probs, np.asarray(tta(x[:n])), atol=1e-5)
+
+
 def test_saved_wrapper_loads_in_a_fresh_process(edge_pair, tmp_path):
     # The loader itself must register HorizontalFlip: nothing else is imported there.
     import subprocess

@@ -3,6 +3,9 @@ output `probabilities` [batch, C].
 
 Uses `tf2onnx.convert.from_function` on a tf.function with a named
 TensorSpec: `from_keras` fails on Keras 3 (onnx/tensorflow-onnx#2448).
+A test-time-flip model is exported as one pass over the 2N batch of images
+and mirror images (Keras' own graph has two branches of the same network):
+half the kernel calls at batch 1, and each conv sees twice the batch.
 """
 
 from __future__ import annotations
@@ -25,8 +28,16 @@ def keras_to_onnx(model, add_softmax: bool = False, opset: int = DEFAULT_OPSET) 
     import tensorflow as tf
     import tf2onnx
 
+    from cifar_edge.keras_layers import flip_tta_inner
+
+    inner = flip_tta_inner(model)
+
     def forward(images):
-        outputs = model(images, training=False)
+        if inner is None:
+            outputs = model(images, training=False)
+        else:  # both views as one batch of 2N, then the mean of each image's two rows
+            views = inner(tf.concat([images, images[:, :, ::-1, :]], axis=0), training=False)
+            outputs = tf.reduce_mean(tf.reshape(views, [2, -1, views.shape[-1]]), axis=0)
         if add_softmax:
             outputs = tf.nn.softmax(outputs, axis=-1)
         return {OUTPUT_NAME: outputs}

@@ -1,9 +1,15 @@
 """Graph clean-ups that tf2onnx leaves undone, so every call runs fewer nodes.
 
-Keras' Flatten becomes `Shape -> Gather -> Cast -> Slice -> Concat -> Cast ->
-Reshape` (the batch size read at run time).  When the reshaped tensor's
-shape is known apart from the batch, that is a constant `Reshape(x, [-1, ...])`:
-seven kernel launches per call become one.
+- Keras' Flatten becomes `Shape -> Gather -> Cast -> Slice -> Concat -> Cast ->
+  Reshape` (the batch size read at run time).  When the reshaped tensor's
+  shape is known apart from the batch, that is a constant `Reshape(x, [-1, ...])`:
+  seven kernel launches per call become one.
+- A BatchNorm after a max pool (the `edge` blocks: conv -> pool -> BN -> ReLU)
+  stays a float Mul and Add that tf2onnx cannot fold; in the int8 model each
+  is a Dequantize -> Mul/Add -> Quantize detour.  With a positive scale the
+  BN moves into the conv exactly (max(s*x + b) = s*max(x) + b per channel),
+  and the ReLU moves before the pool (they commute), so the int8 model
+  becomes QLinearConv (ReLU fused) -> uint8 MaxPool.
 """
 
 from __future__ import annotations
@@ -72,9 +78,114 @@ def remove_dead_nodes(proto: onnx.ModelProto) -> None:
         graph.initializer.remove(init)
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    for out in graph.output:
+        users.setdefault(out.name, []).append(None)  # a graph output has a consumer outside
+    return users
+
+
+def _only_consumer(users: dict, name: str, op_type: str) -> onnx.NodeProto | None:
+    found = users.get(name, [])
+    return found[0] if len(found) == 1 and found[0] is not None and found[0].op_type == op_type else None
+
+
+def fold_bn_through_maxpool(proto: onnx.ModelProto) -> int:
+    """Conv -> MaxPool -> Mul(s) / Add(b) chain [-> Relu] with per-channel constants becomes
+    Conv(W*s, c*s + b) [-> Relu] -> MaxPool when the overall scale is positive;
+    returns how many pools were folded.
+
+    Exact: for s > 0 the per-channel affine map is increasing, so it commutes
+    with the max (and so does ReLU).  Anything else (a negative scale, a
+    tensor used twice, a shared weight) is left as it is.
+    """
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    users = _consumers(graph)
+    folded, dead = 0, []
+    for conv in list(graph.node):
+        if conv.op_type != "Conv" or conv.input[1] not in inits or len(users.get(conv.input[1], [])) != 1:
+            continue
+        pool = _only_consumer(users, conv.output[0], "MaxPool")
+        if pool is None:
+            continue
+        channels = numpy_helper.to_array(inits[conv.input[1]]).shape[0]
+        scale, shift = np.ones(channels), np.zeros(channels)
+        chain, tail = [], pool.output[0]
+        while True:
+            found = users.get(tail, [])
+            node = found[0] if len(found) == 1 and found[0] is not None else None
+            if node is None or node.op_type not in ("Mul", "Add") or node.input[0] != tail:
+                break
+            const = numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
+            if const is None or (1,) * (4 - const.ndim) + const.shape != (1, channels, 1, 1):
+                break  # only constants along NCHW's channel axis
+            const = const.reshape(-1).astype(np.float64)
+            if node.op_type == "Mul":
+                scale, shift = scale * const, shift * const
+            else:
+                shift = shift + const
+            chain.append(node)
+            tail = node.output[0]
+        if not chain or not (scale > 0).all():
+            continue
+        bias = np.zeros(channels)
+        if len(conv.input) > 2 and conv.input[2]:
+            if conv.input[2] not in inits or len(users.get(conv.input[2], [])) != 1:
+                continue
+            bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        new_weight = (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
+        inits[conv.input[1]].CopyFrom(numpy_helper.from_array(new_weight, conv.input[1]))
+        bias_name = f"{conv.output[0]}__folded_bias"
+        graph.initializer.append(numpy_helper.from_array((bias * scale + shift).astype(weight.dtype), bias_name))
+        del conv.input[2:]
+        conv.input.append(bias_name)
+        relu = _only_consumer(users, tail, "Relu")
+        if relu is not None:  # Conv -> Relu -> MaxPool, and the pool takes the Relu's place
+            pooled = relu.output[0]
+            relu.input[0] = conv.output[0]
+            relu.output[0] = f"{conv.output[0]}__relu"
+            pool.input[0] = relu.output[0]
+            pool.output[0] = pooled
+        else:
+            pool.output[0] = tail
+        dead += chain
+        folded += 1
+    for node in dead:
+        graph.node.remove(node)
+    if folded:
+        _topological_sort(graph)
+        remove_dead_nodes(proto)
+    return folded
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after its inputs' producers (rewiring may break the order)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError("graph has a cycle or a missing input")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     """All clean-ups, in place; returns the model for chaining."""
     fold_batch_reshapes(proto)
+    fold_bn_through_maxpool(proto)
     onnx.checker.check_model(proto)
     return proto
 
