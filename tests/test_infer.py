@@ -414,3 +414,20 @@ def test_xmp_orientation_jpeg_goes_to_pillow(images, tmp_path):
     expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
     np.testing.assert_array_equal(load_image(path), expected)
     np.testing.assert_array_equal(load_image(path), load_image(images["real"][0])[::-1, ::-1])  # rotated 180
+
+
+def test_find_images_fast_path_agrees_with_pillow(tmp_path, monkeypatch):
+    from cifar_edge.runtime.images import COMMON_IMAGE_EXTENSIONS, image_extensions
+
+    assert COMMON_IMAGE_EXTENSIONS <= image_extensions()  # the fast path never keeps what Pillow cannot open
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "sub" / "a.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "b.ico")  # uncommon: asks Pillow's registry
+    (tmp_path / "c.txt").write_text("no image")
+    (tmp_path / "linked").symlink_to(tmp_path / "sub", target_is_directory=True)  # not followed
+    found = find_images([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["b.ico", "sub/a.png"]
+    # the same files by other spellings are listed once
+    monkeypatch.chdir(tmp_path)
+    again = find_images([tmp_path / "sub" / "a.png", f"{tmp_path}/", ".", "sub/"])
+    assert [os.path.abspath(p) for p in again] == [str(tmp_path / "sub" / "a.png"), str(tmp_path / "b.ico")]

@@ -34,34 +34,74 @@ def image_extensions() -> frozenset[str]:
                      if fmt in Image.OPEN)
 
 
+# Extensions every Pillow build opens with its own built-in plugins: a folder of
+# these is listed without loading Pillow's ~40 plugins (50-250 ms on the 2-core
+# machine, a tenth of `infer` over 10,000 images); any other extension asks
+# Pillow's full registry.
+COMMON_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                                     ".ppm", ".pgm", ".pbm"})
+
+
 def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted, de-duplicated list.
 
     Files named explicitly are always kept (a bad one is reported later);
-    inside folders only files with an image extension Pillow knows are kept.
+    inside folders only regular files with an image extension Pillow knows
+    are kept, folder by folder in name order (as sorting the paths would),
+    without following links to folders.
     Raises FileNotFoundError for a path that does not exist.
     """
-    extensions: frozenset[str] | None = None  # loading every Pillow plugin costs ~50 ms: only for folders
+    registry: list[frozenset[str]] = []  # Pillow's extensions, loaded on the first uncommon one
+
+    def is_image_name(name: str) -> bool:
+        ext = os.path.splitext(name)[1].lower()
+        if ext in COMMON_IMAGE_EXTENSIONS:
+            return True
+        if not registry:
+            registry.append(image_extensions())
+        return ext in registry[0]
+
     found: list[Path] = []
     seen: set[str] = set()
     for raw in paths:
         path = os.fspath(raw)
         if os.path.isdir(path):
-            extensions = extensions or image_extensions()
-            found_here = (os.path.join(folder, n) for folder, _, names in os.walk(path) for n in names
-                          if os.path.splitext(n)[1].lower() in extensions)
-            # Regular files only (no broken links, FIFOs), in Path order: folder by folder.
-            candidates = sorted((c for c in found_here if os.path.isfile(c)), key=lambda c: c.split(os.sep))
+            candidates = _list_folder(path, is_image_name)
+            keys = _dedupe_keys(path, candidates)
         elif os.path.exists(path):
             candidates = [path]
+            keys = [os.path.normcase(os.path.abspath(path))]
         else:
             raise FileNotFoundError(path)
-        for candidate in candidates:
-            key = os.path.normcase(os.path.abspath(candidate))
+        for candidate, key in zip(candidates, keys):
             if key not in seen:
                 seen.add(key)
                 found.append(Path(candidate))
     return found
+
+
+def _list_folder(folder: str, is_image_name) -> list[str]:
+    """Regular files (links to files included; broken links, FIFOs and links to folders not)
+    under `folder`, depth first, each folder's entries in name order."""
+    found: list[str] = []
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return found  # unreadable folder: nothing in it to classify
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            found += _list_folder(entry.path, is_image_name)
+        elif is_image_name(entry.name) and entry.is_file():
+            found.append(entry.path)
+    return found
+
+
+def _dedupe_keys(folder: str, files: list[str]) -> list[str]:
+    """Absolute, case-normalised keys, from one abspath call for the folder instead of one per file."""
+    root = os.path.abspath(folder)
+    cut = len(folder.rstrip(os.sep)) if folder.rstrip(os.sep) else len(folder)
+    return [os.path.normcase(os.path.normpath(root + f[cut:])) for f in files]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
