@@ -266,7 +266,8 @@ def export(model, out, quantize, calib_data, calib_size, calib_method, reduce_ra
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write results to FILE (atomically) instead of stdout.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="onnxruntime intra-op threads (0 = all cores).")
+              help="onnxruntime threads.  0 = all cores: one batch per core at once (one batch alone: "
+                   "all cores on it); N = N intra-op threads, one batch at a time.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes decoding images ahead of the model; 0 = one decoding thread (best for JPEG; "
               "try processes for folders of PNG or large photos).")
@@ -278,7 +279,7 @@ def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads, worke
     """
     from cifar_edge.runtime.classifier import Classifier
     from cifar_edge.runtime.images import find_images
-    from cifar_edge.runtime.infer import predict_files
+    from cifar_edge.runtime.infer import plan_threads, predict_files
     from cifar_edge.runtime.manifest import Manifest
     from cifar_edge.runtime.output import format_predictions
 
@@ -288,10 +289,12 @@ def infer(model, paths, manifest, batch_size, top_k, fmt, output, threads, worke
         raise BadInputError(f"no such file or folder: {exc}") from None
     if not files:
         raise BadInputError("no image files found in " + ", ".join(map(str, paths)))
-    classifier = Classifier(model, Manifest.load(manifest) if manifest else None, threads=threads or None)
+    intra_op, parallel = plan_threads(threads, len(files), batch_size)
+    classifier = Classifier(model, Manifest.load(manifest) if manifest else None, threads=intra_op)
     top_k = min(top_k, len(classifier.class_names))
     results = []
-    for prediction in predict_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers):
+    for prediction in predict_files(classifier, files, batch_size=batch_size, top_k=top_k, workers=workers,
+                                    parallel=parallel):
         if not prediction.ok:
             click.echo(f"skipped {prediction.path}: {prediction.error}", err=True)
         results.append(prediction)

@@ -339,6 +339,39 @@ def test_decoding_processes_match_the_decoding_thread(cli, seed_export, images):
     assert {Path(r["path"]).name for r in errors} == {"corrupt.jpg", "truncated.jpg"}
 
 
+def test_concurrent_batches_match_one_batch_at_a_time(cli, seed_export, images):
+    """The default (one single-thread batch per core) gives the same rows as --threads 1 (one batch at a time)."""
+    runs = {}
+    for threads in ("0", "1"):
+        result = cli("infer", seed_export.int8, images["root"], "--format", "json", "--batch-size", 3,
+                     "--threads", threads)
+        assert result.code == 1
+        runs[threads] = json.loads(result.out)
+    assert runs["0"] == runs["1"] and len(runs["0"]) == N_REAL + 9 + 2
+
+
+def test_predict_files_runs_batches_in_parallel_in_order(seed_export, images):
+    from cifar_edge.runtime.classifier import Classifier
+    from cifar_edge.runtime.infer import predict_files
+
+    files = find_images([images["root"]])
+    one = list(predict_files(Classifier(seed_export.int8), files, batch_size=2))
+    three = list(predict_files(Classifier(seed_export.int8, threads=1), files, batch_size=2, parallel=3))
+    assert [(p.path, p.top, p.error) for p in one] == [(p.path, p.top, p.error) for p in three]
+    assert [p.path for p in three] == files and sum(not p.ok for p in three) == 2
+
+
+def test_plan_threads(monkeypatch):
+    import cifar_edge.runtime.infer as infer
+
+    monkeypatch.setattr(infer, "available_cores", lambda: 2)
+    assert infer.plan_threads(0, 10_000, 256) == (1, 2)  # many batches: one per core, single-threaded
+    assert infer.plan_threads(0, 256, 256) == (None, 1)  # one batch: all cores on it
+    assert infer.plan_threads(3, 10_000, 256) == (3, 1)  # an explicit count: intra-op threads
+    monkeypatch.setattr(infer, "available_cores", lambda: 1)
+    assert infer.plan_threads(0, 10_000, 256) == (None, 1)
+
+
 def test_tiff_orientation_tag_is_applied(tmp_path):
     wide = np.zeros((32, 64, 3), np.uint8)
     wide[:, :32] = (255, 0, 0)  # left half red, right half blue
