@@ -1,4 +1,4 @@
-"""Runtime speed: model latency by batch size, image decoding, cold start.
+"""Runtime speed: model latency by batch size, image decoding, the infer pipeline, cold start.
 
     python -m pytest benchmarks --benchmark-enable
     CIFAR_EDGE_BENCH_EXPORT=runs/seed python -m pytest benchmarks --benchmark-enable
@@ -39,6 +39,24 @@ def test_decode_and_preprocess(benchmark, manifest):
     benchmark.extra_info["images_per_call"] = len(files)
     out = benchmark(decode_all)
     assert len(out) == len(files)
+
+
+@pytest.mark.parametrize("plan", ["one-batch-at-a-time", "batch-per-core"])
+def test_infer_pipeline(benchmark, manifest, plan):
+    """List, decode and classify 2,560 test JPEGs as `infer` does (--threads 2 or the default 0)."""
+    from cifar_edge.runtime.images import find_images
+    from cifar_edge.runtime.infer import plan_threads, predict_files
+
+    folders = [DATA / "cifar10-jpeg" / "test" / name for name in ("cat", "dog", "ship")]
+    files = find_images(folders)[:2560]
+    intra_op, parallel = plan_threads(2 if plan == "one-batch-at-a-time" else 0, len(files), 256)
+    clf = Classifier(manifest.model_path("int8"), manifest, threads=intra_op)
+
+    def run():
+        return sum(p.ok for p in predict_files(clf, find_images(folders)[:2560], batch_size=256, parallel=parallel))
+
+    benchmark.extra_info["images_per_call"] = len(files)
+    assert benchmark.pedantic(run, rounds=3, iterations=1) == len(files)
 
 
 def test_cold_start(benchmark, manifest):
