@@ -46,4 +46,11 @@ def flip_tta_inner(model: keras.Model) -> keras.Model | None:
     inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if len(flips) != 1 or len(averages) != 1 or len(inner) != 1 or len(model.layers) != 4:
         return None
+    # The layers alone do not say how they are wired: check the model computes the flip average.
+    import numpy as np
+
+    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
+    expected = (np.asarray(inner[0](x, training=False)) + np.asarray(inner[0](x[:, :, ::-1], training=False))) / 2
+    if not np.allclose(np.asarray(model(x, training=False)), expected, atol=1e-5):
+        return None
     return inner[0]

@@ -145,6 +145,30 @@ def test_bn_after_pool_folds_into_the_conv_exactly():
     assert proto.graph.output[0].name == "y"
 
 
+def test_bn_fold_without_relu_keeps_the_pool_output():
+    from onnx import helper
+
+    from cifar_edge.exporter.simplify import fold_bn_through_maxpool
+
+    proto = _conv_pool_bn_relu(np.array([0.5, 2.0, 1e-3, 3.0]), (1, 4, 1, 1))
+    relu = proto.graph.node[-1]
+    proto.graph.node.remove(relu)
+    proto.graph.node.append(helper.make_node("Sigmoid", ["add"], ["y"]))  # not a ReLU: the pool stays first
+    x = np.random.default_rng(2).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    before = _run(proto, x)
+    assert fold_bn_through_maxpool(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "MaxPool", "Sigmoid"]
+    np.testing.assert_allclose(_run(proto, x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_bn_fold_keeps_pools_with_indices():
+    from cifar_edge.exporter.simplify import fold_bn_through_maxpool
+
+    proto = _conv_pool_bn_relu(np.array([0.5, 2.0, 1.0, 3.0]), (1, 4, 1, 1))
+    proto.graph.node[1].output.append("indices")  # argmax positions would move under the ReLU
+    assert fold_bn_through_maxpool(proto) == 0
+
+
 @pytest.mark.parametrize(("scale", "shape"), [
     (np.array([0.5, -2.0, 1.0, 3.0]), (1, 4, 1, 1)),  # a negative scale turns max into min
     (np.array([0.5, 2.0, 1.0, 3.0]), (4,)),  # broadcasts along the width, not the channels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -17,6 +18,13 @@ def edge_pair(test_images_200):
     images = test_images_200[0].astype(np.float32) / 255
     model = build_edge()
     fit_whitening(model, images)
+    # Trained-looking BatchNorm statistics, so exporting's BN fold has real numbers to get right.
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            beta, mean, var = (w.numpy() for w in layer.weights)
+            layer.set_weights([rng.normal(0, 0.5, beta.shape), rng.normal(0, 0.5, mean.shape),
+                               rng.uniform(0.2, 3.0, var.shape)])
     return model, with_flip_tta(model), images[:16]
 
 
@@ -69,6 +77,10 @@ def test_export_runs_both_views_as_one_batch(edge_pair):
 
     model, tta, x = edge_pair
     assert flip_tta_inner(tta) is model and flip_tta_inner(model) is None
+    views = keras.Input((32, 32, 3))  # the same four layers wired otherwise is no flip average
+    mirror = HorizontalFlip()(views)
+    miswired = keras.Model(views, keras.layers.Average()([model(mirror), model(mirror)]))
+    assert len(miswired.layers) == len(tta.layers) and flip_tta_inner(miswired) is None
     proto = keras_to_onnx(tta)
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("Conv") == 7 and ops.count("Softmax") == 1 and ops.count("Concat") == 1

@@ -15,6 +15,7 @@ from conftest import CIFAR10_CLASSES
 from PIL import Image, ImageOps
 
 from cifar_edge.runtime.images import ImageReadError, find_images, load_image
+from cifar_edge.runtime.infer import decode_batch as _real_decode_batch
 
 N_REAL = 20
 
@@ -339,8 +340,11 @@ def test_decoding_processes_match_the_decoding_thread(cli, seed_export, images):
     assert {Path(r["path"]).name for r in errors} == {"corrupt.jpg", "truncated.jpg"}
 
 
-def test_concurrent_batches_match_one_batch_at_a_time(cli, seed_export, images):
+def test_concurrent_batches_match_one_batch_at_a_time(cli, seed_export, images, monkeypatch):
     """The default (one single-thread batch per core) gives the same rows as --threads 1 (one batch at a time)."""
+    import cifar_edge.runtime.infer as infer
+
+    monkeypatch.setattr(infer, "available_cores", lambda: 2)  # concurrent batches even on a 1-core runner
     runs = {}
     for threads in ("0", "1"):
         result = cli("infer", seed_export.int8, images["root"], "--format", "json", "--batch-size", 3,
@@ -464,3 +468,30 @@ def test_find_images_fast_path_agrees_with_pillow(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     again = find_images([tmp_path / "sub" / "a.png", f"{tmp_path}/", ".", "sub/"])
     assert [os.path.abspath(p) for p in again] == [str(tmp_path / "sub" / "a.png"), str(tmp_path / "b.ico")]
+
+
+def _decode_or_die(paths):
+    """A decoding worker that dies (as an OOM kill would) on the batch holding the corrupt file."""
+    if any(p.name == "corrupt.jpg" for p in paths):
+        os._exit(9)
+    return _real_decode_batch(paths)
+
+
+def test_a_dead_decoding_process_is_a_clear_error(seed_export, images, monkeypatch):
+    import cifar_edge.runtime.infer as infer
+    from cifar_edge.errors import BadInputError
+    from cifar_edge.runtime.classifier import Classifier
+
+    files = find_images([images["root"]])
+    monkeypatch.setattr(infer, "decode_batch", _decode_or_die)  # worker processes fork with it
+    with pytest.raises(BadInputError, match="a decoding worker process died"):
+        for _ in infer.predict_files(Classifier(seed_export.int8, threads=1), files, batch_size=2, workers=1,
+                                     parallel=2):
+            pass
+
+
+def test_find_images_skips_link_loops(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")  # ELOOP on stat
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")  # a link to an image is an image
+    assert [p.name for p in find_images([tmp_path])] == ["a.png", "link.png"]

@@ -103,6 +103,8 @@ def fold_bn_through_maxpool(proto: onnx.ModelProto) -> int:
     tensor used twice, a shared weight) is left as it is.
     """
     graph = proto.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0  # control flow: subgraphs may read these tensors too; leave the graph alone
     inits = {i.name: i for i in graph.initializer}
     users = _consumers(graph)
     folded, dead = 0, []
@@ -110,8 +112,10 @@ def fold_bn_through_maxpool(proto: onnx.ModelProto) -> int:
         if conv.op_type != "Conv" or conv.input[1] not in inits or len(users.get(conv.input[1], [])) != 1:
             continue
         pool = _only_consumer(users, conv.output[0], "MaxPool")
-        if pool is None:
-            continue
+        if pool is None or (len(pool.output) > 1 and pool.output[1]):
+            continue  # pool indices would change where a window is all negative
+        if numpy_helper.to_array(inits[conv.input[1]]).ndim != 4:
+            continue  # 2-D convs only: the constants below are matched against NCHW
         channels = numpy_helper.to_array(inits[conv.input[1]]).shape[0]
         scale, shift = np.ones(channels), np.zeros(channels)
         chain, tail = [], pool.output[0]

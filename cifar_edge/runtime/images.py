@@ -90,10 +90,13 @@ def _list_folder(folder: str, is_image_name) -> list[str]:
     except OSError:
         return found  # unreadable folder: nothing in it to classify
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            found += _list_folder(entry.path, is_image_name)
-        elif is_image_name(entry.name) and entry.is_file():
-            found.append(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                found += _list_folder(entry.path, is_image_name)
+            elif is_image_name(entry.name) and entry.is_file():
+                found.append(entry.path)
+        except OSError:  # a link loop, a link into a folder we may not enter: no image to read
+            continue
     return found
 
 

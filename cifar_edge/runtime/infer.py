@@ -152,11 +152,11 @@ def predict_files(
             if model_pool is None:
                 errors, good, probs = _classify(classifier, *decode_batch(batch))
             else:
-                while submitted < len(batches) and len(in_flight) < in_flight_limit:
-                    decoded = decode_pool.submit(decode_batch, batches[submitted])
-                    in_flight.append(model_pool.submit(_classify_when_decoded, classifier, decoded))
-                    submitted += 1
                 try:
+                    while submitted < len(batches) and len(in_flight) < in_flight_limit:
+                        decoded = decode_pool.submit(decode_batch, batches[submitted])
+                        in_flight.append(model_pool.submit(_classify_when_decoded, classifier, decoded))
+                        submitted += 1
                     errors, good, probs = in_flight.popleft().result()
                 except futures.BrokenExecutor as exc:
                     raise BadInputError(f"a decoding worker process died ({exc}); "
