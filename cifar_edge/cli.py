@@ -208,6 +208,9 @@ def _floats(ctx, param, value):
 @click.option("--first-conv-8bit/--no-first-conv-8bit", default=False, show_default=True,
               help="With --reduce-range, keep the first conv's weights 8-bit (uint8, slower u8u8 kernels): "
               "for stems that lose accuracy at 7 bits.")
+@click.option("--pad-stem/--no-pad-stem", default=True, show_default=True,
+              help="Pad the int8 model's first conv to a multiple of 4 input channels (exact), for onnxruntime's "
+              "batch-parallel x86 int8 conv kernel.  Not with --uint8-input or --first-conv-8bit.")
 @click.option("--parity-data", type=click.Path(path_type=Path), default=None,
               help="Images for the parity check (test split preferred).  [default: --calib-data]")
 @click.option("--parity-size", type=click.IntRange(min=1), default=500, show_default=True)
@@ -222,8 +225,8 @@ def _floats(ctx, param, value):
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True)
 @click.option("--uint8-input", is_flag=True,
               help="The ONNX models take uint8 RGB pixels and scale them inside the graph.")
-def export(model, out, quantize, calib_data, calib_size, calib_method, reduce_range, first_conv_8bit, parity_data,
-           parity_size,
+def export(model, out, quantize, calib_data, calib_size, calib_method, reduce_range, first_conv_8bit, pad_stem,
+           parity_data, parity_size,
            int8_min_agreement, scale, offset, class_names, opset, uint8_input) -> None:
     """Convert a Keras classifier (.keras or .h5, 32x32x3 input) to ONNX.
 
@@ -246,7 +249,7 @@ def export(model, out, quantize, calib_data, calib_size, calib_method, reduce_ra
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     config = ExportConfig(model=model, out=out, quantize=quantize, calib_data=calib_data,
                           calib_size=calib_size, calib_method=calib_method, reduce_range=reduce_range,
-                          first_conv_8bit=first_conv_8bit,
+                          first_conv_8bit=first_conv_8bit, pad_stem=pad_stem,
                           parity_data=parity_data,
                           parity_size=parity_size, preprocessing=preprocessing, class_names=names,
                           opset=opset, int8_min_agreement=int8_min_agreement, uint8_input=uint8_input)

@@ -212,3 +212,45 @@ def test_uint8_fallback_prefix_for_non_integer_zero_point(seed_export, test_imag
     ref = ort.InferenceSession(str(seed_export.int8), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"images": prep.apply(pixels[:8])})[0]
     np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+def _nhwc_stem(out_channels: int) -> onnx.ModelProto:
+    """images [N,32,32,3] -> Transpose to NCHW -> Conv 3x3 (3 -> out_channels) -> Relu."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Transpose", ["images"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w", "c"], ["conv"], name="stem", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(rng.normal(size=(out_channels, 3, 3, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(rng.normal(size=out_channels).astype(np.float32), "c")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 32, 32, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_channels, 32, 32])],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_stem_padding_to_four_channels_is_exact():
+    from cifar_edge.exporter.quantize import pad_stem_channels
+
+    proto = _nhwc_stem(32)
+    x = np.random.default_rng(5).random((3, 32, 32, 3), dtype=np.float32)
+    run = lambda p: ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    before = run(proto)
+    assert pad_stem_channels(proto) == "stem__stem_pad"
+    assert [n.op_type for n in proto.graph.node] == ["MatMul", "Transpose", "Conv", "Relu"]
+    weight = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}["w"]
+    assert weight.shape == (32, 4, 3, 3) and not weight[:, 3].any()
+    onnx.checker.check_model(proto)
+    np.testing.assert_array_equal(run(proto), before)
+    assert pad_stem_channels(proto) is None  # already four channels
+    assert pad_stem_channels(_nhwc_stem(12)) is None  # too few filters for the direct kernel: left alone
+
+
+def test_int8_export_pads_the_stem_and_uint8_input_does_not(seed_export, uint8_export):
+    int8 = onnx.load(str(seed_export.int8))
+    assert int8.graph.node[0].op_type == "MatMul"  # kept in float, before everything else
+    manifest = json.loads((seed_export.dir / "manifest.json").read_text())
+    assert "padded" in manifest["quantization"]["stem"]
+    assert manifest["parity"]["int8"]["top1_agreement"] >= 0.9
+    assert "MatMul" not in [n.op_type for n in onnx.load(str(uint8_export / "model.int8.onnx")).graph.node]

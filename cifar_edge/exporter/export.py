@@ -46,6 +46,7 @@ class ExportConfig:
     calib_method: str = "minmax"
     reduce_range: bool = True
     first_conv_8bit: bool = False
+    pad_stem: bool = True
     parity_data: str | None = None
     parity_size: int = 500
     preprocessing: Preprocessing | None = None
@@ -198,8 +199,11 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
         calib_seed = config.seed + 1
         calib_images, calib_desc, _ = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size, calib_seed)
+        # A uint8-input model folds the preprocessing into the input quantization instead (nothing
+        # float may come first there), so its stem stays as it is.
         quantization = quantize_int8(float_path, int8_path, preprocessing.apply(calib_images), config.calib_method,
-                                    config.reduce_range, config.first_conv_8bit)
+                                    config.reduce_range, config.first_conv_8bit,
+                                    pad_stem=config.pad_stem and not config.uint8_input)
         if config.uint8_input:
             int8_proto = onnx.load(str(int8_path))
             uint8_how["int8"] = to_uint8_input(int8_proto, preprocessing)
