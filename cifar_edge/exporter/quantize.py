@@ -74,12 +74,11 @@ def pad_stem_channels(proto, multiple: int = STEM_CHANNEL_MULTIPLE) -> str | Non
     """
     from onnx import helper, numpy_helper
 
+    from cifar_edge.exporter.simplify import consumers, only_consumer
+
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
+    users = consumers(graph)
     producers = {out: node for node in graph.node for out in node.output}
     conv = next((n for n in graph.node if n.op_type == "Conv"), None)
     if conv is None or conv.input[1] not in inits or len(users.get(conv.input[1], [])) != 1:
@@ -88,8 +87,8 @@ def pad_stem_channels(proto, multiple: int = STEM_CHANNEL_MULTIPLE) -> str | Non
     perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"] if transpose is not None else []
     if transpose is None or transpose.op_type != "Transpose" or perm != [[0, 3, 1, 2]]:
         return None
-    if len(users.get(transpose.output[0], [])) != 1 or any(o.name == transpose.output[0] for o in graph.output):
-        return None
+    if only_consumer(users, transpose.output[0], "Conv") is not conv:
+        return None  # the transposed input feeds something else too
     weight = numpy_helper.to_array(inits[conv.input[1]])
     group = next((a.i for a in conv.attribute if a.name == "group"), 1)
     channels, pad = weight.shape[1], -weight.shape[1] % multiple

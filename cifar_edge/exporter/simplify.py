@@ -78,7 +78,8 @@ def remove_dead_nodes(proto: onnx.ModelProto) -> None:
         graph.initializer.remove(init)
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto | None]]:
+    """Tensor name -> the nodes that read it (None for a graph output)."""
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -88,7 +89,8 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return users
 
 
-def _only_consumer(users: dict, name: str, op_type: str) -> onnx.NodeProto | None:
+def only_consumer(users: dict, name: str, op_type: str) -> onnx.NodeProto | None:
+    """The one node of `op_type` reading `name`, if nothing else (not even a graph output) reads it."""
     found = users.get(name, [])
     return found[0] if len(found) == 1 and found[0] is not None and found[0].op_type == op_type else None
 
@@ -106,12 +108,12 @@ def fold_bn_through_maxpool(proto: onnx.ModelProto) -> int:
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return 0  # control flow: subgraphs may read these tensors too; leave the graph alone
     inits = {i.name: i for i in graph.initializer}
-    users = _consumers(graph)
+    users = consumers(graph)
     folded, dead = 0, []
     for conv in list(graph.node):
         if conv.op_type != "Conv" or conv.input[1] not in inits or len(users.get(conv.input[1], [])) != 1:
             continue
-        pool = _only_consumer(users, conv.output[0], "MaxPool")
+        pool = only_consumer(users, conv.output[0], "MaxPool")
         if pool is None or (len(pool.output) > 1 and pool.output[1]):
             continue  # pool indices would change where a window is all negative
         if numpy_helper.to_array(inits[conv.input[1]]).ndim != 4:
@@ -148,7 +150,7 @@ def fold_bn_through_maxpool(proto: onnx.ModelProto) -> int:
         graph.initializer.append(numpy_helper.from_array((bias * scale + shift).astype(weight.dtype), bias_name))
         del conv.input[2:]
         conv.input.append(bias_name)
-        relu = _only_consumer(users, tail, "Relu")
+        relu = only_consumer(users, tail, "Relu")
         if relu is not None:  # Conv -> Relu -> MaxPool, and the pool takes the Relu's place
             pooled = relu.output[0]
             relu.input[0] = conv.output[0]

@@ -103,8 +103,7 @@ def _list_folder(folder: str, is_image_name) -> list[str]:
 def _dedupe_keys(folder: str, files: list[str]) -> list[str]:
     """Absolute, case-normalised keys, from one abspath call for the folder instead of one per file."""
     root = os.path.abspath(folder)
-    cut = len(folder.rstrip(os.sep)) if folder.rstrip(os.sep) else len(folder)
-    return [os.path.normcase(os.path.normpath(root + f[cut:])) for f in files]
+    return [os.path.normcase(os.path.join(root, f[len(folder):].lstrip(os.sep))) for f in files]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

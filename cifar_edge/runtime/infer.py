@@ -17,6 +17,7 @@ test files, notebook CNN int8: 7,600-8,600 images/s against 5,400-7,300.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +58,6 @@ def decode_batch(paths: Sequence[Path]) -> tuple[np.ndarray, dict[int, str]]:
 
 def available_cores() -> int:
     """CPU cores this process may run on (affinity and cgroup cpusets respected where the OS says)."""
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
