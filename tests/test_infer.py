@@ -327,14 +327,17 @@ def test_find_images(images, tmp_path):
     assert len(find_images([images["root"] / "real", images["real"][0]])) == N_REAL
 
 
+def _json_rows_with_broken_files(cli, model, folder, *args) -> list[dict]:
+    """`infer --format json` rows over a folder holding broken files (so exit code 1)."""
+    result = cli("infer", model, folder, "--format", "json", *args)
+    assert result.code == 1, result.err
+    return json.loads(result.out)
+
+
 def test_decoding_processes_match_the_decoding_thread(cli, seed_export, images):
     """--workers 2 (processes) gives the same rows as the default decoding thread, broken files included."""
-    runs = {}
-    for workers in ("0", "2"):
-        result = cli("infer", seed_export.int8, images["root"], "--format", "json", "--batch-size", 4,
-                     "--workers", workers)
-        assert result.code == 1
-        runs[workers] = json.loads(result.out)
+    runs = {workers: _json_rows_with_broken_files(cli, seed_export.int8, images["root"], "--batch-size", 4,
+                                                  "--workers", workers) for workers in ("0", "2")}
     assert runs["0"] == runs["2"]
     errors = [r for r in runs["2"] if "error" in r]
     assert {Path(r["path"]).name for r in errors} == {"corrupt.jpg", "truncated.jpg"}
@@ -345,12 +348,8 @@ def test_concurrent_batches_match_one_batch_at_a_time(cli, seed_export, images, 
     import cifar_edge.runtime.infer as infer
 
     monkeypatch.setattr(infer, "available_cores", lambda: 2)  # concurrent batches even on a 1-core runner
-    runs = {}
-    for threads in ("0", "1"):
-        result = cli("infer", seed_export.int8, images["root"], "--format", "json", "--batch-size", 3,
-                     "--threads", threads)
-        assert result.code == 1
-        runs[threads] = json.loads(result.out)
+    runs = {threads: _json_rows_with_broken_files(cli, seed_export.int8, images["root"], "--batch-size", 3,
+                                                  "--threads", threads) for threads in ("0", "1")}
     assert runs["0"] == runs["1"] and len(runs["0"]) == N_REAL + 9 + 2
 
 
