@@ -63,14 +63,22 @@ def time_calls(fn: Callable[[np.ndarray], Any], x: np.ndarray, n: int) -> np.nda
     return times
 
 
+# Pause before each block of calls so the engine timed before has parked its worker threads.
+SETTLE_S = 0.05
+
+
 def interleaved(variants: list[Variant], inputs: dict[str, np.ndarray], warmup: int, repeats: int,
                 rounds: int) -> dict[str, np.ndarray]:
     """Per-call times for each variant, collected over `rounds` interleaved rounds.
 
-    Each variant's block of calls starts with one untimed call: the engine
-    timed before it may still have worker threads spin-waiting (onnxruntime
-    and XNNPACK both spin before they sleep), which on a 2-core machine
-    would bill one engine for another's idle threads.
+    Each variant's block of calls starts after a `SETTLE_S` pause and one
+    untimed call.  The engine timed before it may still have worker threads
+    spin-waiting: onnxruntime and XNNPACK both spin before they sleep.  On a
+    2-core machine that would bill one engine for another's idle threads.
+    The untimed call alone was not enough.  Two onnxruntime sessions with
+    2 threads, alternating blocks of 8 b32 calls, measured fp32 3,964 /
+    int8 6,785 img/s, against 7,572 / 11,857 with a 50 ms pause (about
+    what each gives alone: 7,774 / 11,881).
     """
     for v in variants:
         time_calls(v.raw, inputs[v.name], warmup)
@@ -78,6 +86,7 @@ def interleaved(variants: list[Variant], inputs: dict[str, np.ndarray], warmup: 
     times: dict[str, list[np.ndarray]] = {v.name: [] for v in variants}
     for _ in range(rounds):
         for v in variants:
+            time.sleep(SETTLE_S)
             v.raw(inputs[v.name])
             times[v.name].append(time_calls(v.raw, inputs[v.name], per_round))
     return {name: np.concatenate(t) for name, t in times.items()}

@@ -85,18 +85,23 @@ def test_evaluate_folder_without_manifest(cli, tmp_path, batches_dir):
 
 # --- bench ------------------------------------------------------------------------------------
 
-def test_interleaved_gives_each_block_an_untimed_first_call():
-    calls = {"a": 0, "b": 0}
+def test_interleaved_gives_each_block_a_pause_and_an_untimed_first_call(monkeypatch):
+    import cifar_edge.benchmark as benchmark
+
+    events = []
+    monkeypatch.setattr(benchmark.time, "sleep", lambda s: events.append(("pause", s)))
 
     def fake(name):
         def run(x):
-            calls[name] += 1
+            events.append(name)
             return x
         return Variant(name=name, path=None, predict=run, raw=run, preprocess=lambda x: x)
 
     times = interleaved([fake("a"), fake("b")], {"a": 1, "b": 1}, warmup=2, repeats=6, rounds=3)
     assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}
-    assert calls == {"a": 2 + 3 * (1 + 2), "b": 2 + 3 * (1 + 2)}
+    pause = ("pause", benchmark.SETTLE_S)
+    block = lambda name: [pause, name, name, name]  # pause, untimed call, 2 timed calls
+    assert events == ["a", "a", "b", "b"] + (block("a") + block("b")) * 3
 
 
 def test_percentiles():
