@@ -116,9 +116,10 @@ def fold_bn_through_maxpool(proto: onnx.ModelProto) -> int:
         pool = only_consumer(users, conv.output[0], "MaxPool")
         if pool is None or (len(pool.output) > 1 and pool.output[1]):
             continue  # pool indices would change where a window is all negative
-        if numpy_helper.to_array(inits[conv.input[1]]).ndim != 4:
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        if weight.ndim != 4:
             continue  # 2-D convs only: the constants below are matched against NCHW
-        channels = numpy_helper.to_array(inits[conv.input[1]]).shape[0]
+        channels = weight.shape[0]
         scale, shift = np.ones(channels), np.zeros(channels)
         chain, tail = [], pool.output[0]
         while True:
@@ -143,7 +144,6 @@ def fold_bn_through_maxpool(proto: onnx.ModelProto) -> int:
             if conv.input[2] not in inits or len(users.get(conv.input[2], [])) != 1:
                 continue
             bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-        weight = numpy_helper.to_array(inits[conv.input[1]])
         new_weight = (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
         inits[conv.input[1]].CopyFrom(numpy_helper.from_array(new_weight, conv.input[1]))
         bias_name = f"{conv.output[0]}__folded_bias"
