@@ -117,7 +117,7 @@ def _classify_when_decoded(classifier: Classifier, decoded):
 def predict_files(
     classifier: Classifier,
     files: Sequence[Path],
-    batch_size: int = 64,
+    batch_size: int,
     top_k: int = 1,
     workers: int = 0,
     on_batch: Callable[[int], None] | None = None,
