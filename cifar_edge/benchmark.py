@@ -6,7 +6,10 @@ built from the same Keras model (XNNPACK).  Each variant is timed on its
 bare model call with preprocessed input, so the numbers compare engines,
 not Python glue.  Timings are taken in interleaved rounds (every variant
 once per round) so that machine noise hits all variants alike, and the
-ONNX-int8 / TFLite-int8 ratios are computed from the same run.
+ratios (ONNX int8 over TFLite int8, and over ONNX fp32) are computed
+round by round: each round's pair of blocks ran within a second of each
+other, so a slow spell of the machine slows both.  The report gives the
+median of the per-round ratios and their range.
 TensorFlow's own thread pool is fixed per process, so Keras is timed at
 the first thread count only.
 """
@@ -18,7 +21,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +35,19 @@ from cifar_edge.variants import KERAS, Variant, keras_variant, onnx_variants, re
 
 @dataclass
 class BenchConfig:
-    """Timing options; defaults live in the CLI (shown by --help)."""
+    """Timing options.  No defaults here: they live in the CLI, shown by --help."""
 
     threads: list[int]
-    warmup: int = 20
-    repeats: int = 300
-    batch_sizes: list[int] = field(default_factory=lambda: [32, 256])
-    batch_repeats: int = 40
-    rounds: int = 5
-    use_keras: bool = True
-    tflite: bool = True
-    data: str | None = None
-    limit: int | None = None
-    images: str | None = None  # a folder for the end-to-end `infer` measurement
+    warmup: int
+    repeats: int
+    batch_sizes: list[int]
+    batch_repeats: int
+    rounds: int
+    use_keras: bool
+    tflite: bool
+    data: str | None
+    limit: int | None
+    images: str | None  # a folder for the end-to-end `infer` measurement
 
 
 def percentiles(seconds: np.ndarray) -> dict[str, float]:
@@ -67,9 +70,13 @@ def time_calls(fn: Callable[[np.ndarray], Any], x: np.ndarray, n: int) -> np.nda
 SETTLE_S = 0.05
 
 
+# The ratios bench reports, numerator over denominator.
+RATIO_PAIRS = (("onnx-int8", "tflite-int8"), ("onnx-int8", "onnx-fp32"))
+
+
 def interleaved(variants: list[Variant], inputs: dict[str, np.ndarray], warmup: int, repeats: int,
-                rounds: int) -> dict[str, np.ndarray]:
-    """Per-call times for each variant, collected over `rounds` interleaved rounds.
+                rounds: int) -> dict[str, list[np.ndarray]]:
+    """Per-call times for each variant, one array per interleaved round.
 
     Each variant's block of calls starts after a `SETTLE_S` pause and one
     untimed call.  The engine timed before it may still have worker threads
@@ -89,7 +96,31 @@ def interleaved(variants: list[Variant], inputs: dict[str, np.ndarray], warmup: 
             time.sleep(SETTLE_S)
             v.raw(inputs[v.name])
             times[v.name].append(time_calls(v.raw, inputs[v.name], per_round))
-    return {name: np.concatenate(t) for name, t in times.items()}
+    return times
+
+
+def paired_ratios(latency: dict[str, list[np.ndarray]], batches: dict[int, dict[str, list[np.ndarray]]],
+                  threads: int) -> list[dict[str, Any]]:
+    """Each RATIO_PAIRS ratio, round by round: the median over rounds and the range.
+
+    Latency ratio: numerator's b1 p50 over the denominator's (below 1 favours
+    the numerator).  Throughput ratio: the inverse, per batch size (above 1
+    favours it).  Each round's ratio compares two blocks timed back to back.
+    """
+    out = []
+    for num, den in RATIO_PAIRS:
+        if num not in latency or den not in latency:
+            continue
+        lat = [np.median(a) / np.median(b) for a, b in zip(latency[num], latency[den])]
+        thr = {str(b): [np.median(d) / np.median(n) for n, d in zip(times[num], times[den])]
+               for b, times in batches.items()}
+        out.append({
+            "pair": f"{num} / {den}", "threads": threads, "rounds": len(lat),
+            "latency_b1_p50": float(np.median(lat)), "latency_b1_p50_range": [float(min(lat)), float(max(lat))],
+            "throughput": {b: float(np.median(r)) for b, r in thr.items()},
+            "throughput_range": {b: [float(min(r)), float(max(r))] for b, r in thr.items()},
+        })
+    return out
 
 
 def _resolve_threads(threads: list[int]) -> list[int]:
@@ -159,6 +190,7 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
         test = load_dataset(config.data, splits=("test",), limit_per_class=config.limit).split("test")
 
     rows: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
     accuracy: dict[str, dict[str, float]] = {}
     for t in threads:
         variants: list[Variant] = []
@@ -171,15 +203,16 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
             accuracy = _accuracy(variants, test)
         one = {v.name: v.preprocess(pixels[:1]) for v in variants}
         lat = interleaved(variants, one, config.warmup, config.repeats, config.rounds)
-        thr: dict[str, dict[int, float]] = {v.name: {} for v in variants}
+        batches = {}
         for b in config.batch_sizes:
             batch = {v.name: v.preprocess(pixels[:b]) for v in variants}
-            times = interleaved(variants, batch, 2, config.batch_repeats, min(config.rounds, config.batch_repeats))
-            for name, secs in times.items():
-                thr[name][b] = b / float(np.median(secs))
+            batches[b] = interleaved(variants, batch, 2, config.batch_repeats, min(config.rounds, config.batch_repeats))
+        ratios += paired_ratios(lat, batches, t)
         for v in variants:
-            row = {"model": v.name, "threads": t, "bytes": v.size_bytes, "latency_b1_ms": percentiles(lat[v.name]),
-                   "throughput_ips": {str(b): thr[v.name][b] for b in config.batch_sizes}}
+            row = {"model": v.name, "threads": t, "bytes": v.size_bytes,
+                   "latency_b1_ms": percentiles(np.concatenate(lat[v.name])),
+                   "throughput_ips": {str(b): b / float(np.median(np.concatenate(batches[b][v.name])))
+                                      for b in config.batch_sizes}}
             row.update(accuracy.get(v.name, {}))
             rows.append(row)
             echo(_line(row, config.batch_sizes))
@@ -204,7 +237,7 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
         "models": rows,
         "infer": infer_rows,
         "cold_start": cold,
-        "ratios": _ratios(rows, config.batch_sizes),
+        "ratios": ratios,
         "batch_sizes": config.batch_sizes,
         "warmup": config.warmup,
         "repeats": config.repeats,
@@ -217,9 +250,10 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
                     "processor": platform.processor(), "python": platform.python_version()},
         "manifest": str(manifest.path),
     }
-    for r in report["ratios"]:
-        echo(f"onnx-int8 / tflite-int8 at {r['threads']} thread(s): b1 p50 latency x{r['latency_b1_p50']:.2f}, "
-             + ", ".join(f"b{b} throughput x{r['throughput'][str(b)]:.2f}" for b in config.batch_sizes))
+    for r in ratios:
+        echo(f"{r['pair']} at {r['threads']} thread(s), median of {r['rounds']} rounds (range): "
+             f"b1 p50 latency x{_ranged(r, 'latency_b1_p50')}, "
+             + ", ".join(f"b{b} throughput x{_ranged(r, 'throughput', str(b))}" for b in config.batch_sizes))
     write_json(out / "bench.json", report)
     write_text(out / "bench.md", _markdown(report))
     _plot(report, out / "bench.png")
@@ -269,21 +303,13 @@ def _accuracy(variants: list[Variant], test) -> dict[str, dict[str, float]]:
             for name, p in preds.items()}
 
 
-def _ratios(rows: list[dict[str, Any]], batch_sizes: list[int]) -> list[dict[str, Any]]:
-    """ONNX-int8 over TFLite-int8, per thread count: latency < 1 and throughput > 1 favour ONNX."""
-    out = []
-    by_key = {(r["model"], r["threads"]): r for r in rows}
-    for (name, t), onnx_row in by_key.items():
-        tfl = by_key.get(("tflite-int8", t))
-        if name != "onnx-int8" or tfl is None:
-            continue
-        out.append({
-            "threads": t,
-            "latency_b1_p50": onnx_row["latency_b1_ms"]["p50"] / tfl["latency_b1_ms"]["p50"],
-            "throughput": {str(b): onnx_row["throughput_ips"][str(b)] / tfl["throughput_ips"][str(b)]
-                           for b in batch_sizes},
-        })
-    return out
+def _ranged(ratio: dict[str, Any], key: str, batch: str | None = None) -> str:
+    """'1.53 (1.47-1.60)': a paired ratio's median over rounds and its range."""
+    if batch is None:
+        value, (low, high) = ratio[key], ratio[key + "_range"]
+    else:
+        value, (low, high) = ratio[key][batch], ratio[key + "_range"][batch]
+    return f"{value:.2f} ({low:.2f}-{high:.2f})"
 
 
 def _line(row: dict[str, Any], batch_sizes: list[int]) -> str:
@@ -302,7 +328,8 @@ def _markdown(report: dict[str, Any]) -> str:
     acc = report["accuracy_data"]
     lines = [f"# Benchmark ({report['machine']['cpu_count']} cores, {report['machine']['machine']})", "",
              f"Batch-1 latency over {report['repeats']} calls in {report['rounds']} interleaved rounds after "
-             f"{report['warmup']} warm-up calls; throughput from the median of {report['batch_repeats']} batches. "
+             f"{report['warmup']} warm-up calls; throughput from the median of {report['batch_repeats']} batches "
+             f"(same rounds). "
              f"Timed: {report['timed']}." + (f" Accuracy on {acc}." if acc else ""), "",
              "| model | threads | b1 p50 ms | b1 p90 ms | b1 p99 ms | "
              + " | ".join(f"b{b} img/s" for b in bs) + " | size | accuracy | agreement with Keras |",
@@ -315,12 +342,13 @@ def _markdown(report: dict[str, Any]) -> str:
                      + " | ".join(f"{r['throughput_ips'][str(b)]:,.0f}" for b in bs)
                      + f" | {r['bytes'] / 1024:.0f} KiB | {a} | {g} |")
     if report["ratios"]:
-        lines += ["", "ONNX int8 / TFLite int8 (same run; latency below 1 and throughput above 1 favour ONNX):", "",
-                  "| threads | b1 p50 latency | " + " | ".join(f"b{b} throughput" for b in bs) + " |",
-                  "|---:|---:|" + "---:|" * len(bs)]
+        lines += ["", "Ratios, round by round (each round times both models back to back), median over the rounds "
+                  "and the range; latency below 1 and throughput above 1 favour the first model:", "",
+                  "| pair | threads | b1 p50 latency | " + " | ".join(f"b{b} throughput" for b in bs) + " |",
+                  "|---|---:|---:|" + "---:|" * len(bs)]
         for r in report["ratios"]:
-            lines.append(f"| {r['threads']} | {r['latency_b1_p50']:.2f} | "
-                         + " | ".join(f"{r['throughput'][str(b)]:.2f}" for b in bs) + " |")
+            lines.append(f"| {r['pair']} | {r['threads']} | {_ranged(r, 'latency_b1_p50')} | "
+                         + " | ".join(_ranged(r, "throughput", str(b)) for b in bs) + " |")
     if report.get("infer"):
         lines += ["", "`cifar-edge infer MODEL FOLDER` end to end, its defaults, the whole command "
                   "(start-up, listing, decoding, resizing, classifying, CSV), best of 3:", "",
@@ -346,7 +374,11 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     p50 = np.array([r["latency_b1_ms"]["p50"] for r in rows])
     p90 = np.array([r["latency_b1_ms"]["p90"] for r in rows])
     p99 = np.array([r["latency_b1_ms"]["p99"] for r in rows])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(12, 1.2 * len(rows) * 2), 4.8))
+    ratios = report["ratios"]
+    panels = 3 if ratios else 2
+    fig, axes = plt.subplots(1, panels, figsize=(max(12, 1.2 * len(rows) * 2) + 4 * (panels - 2), 4.8),
+                             gridspec_kw={"width_ratios": [len(rows), len(rows)] + [len(ratios) + 1] * (panels - 2)})
+    ax1, ax2 = axes[:2]
     pos = np.arange(len(rows))
     ax1.bar(pos, p50, color="tab:blue", label="p50")
     ax1.errorbar(pos, p50, yerr=[np.zeros_like(p50), p99 - p50], fmt="none", ecolor="black", capsize=4,
@@ -361,7 +393,18 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax2.set_xticks(pos, labels, fontsize=7)
     ax2.set_ylabel("images / s")
     ax2.set_title(f"throughput at batch {b} (higher is better)")
-    for ax in (ax1, ax2):
+    if ratios:
+        ax3 = axes[2]
+        mid = np.array([r["throughput"][str(b)] for r in ratios])
+        low, high = (np.array([r["throughput_range"][str(b)][i] for r in ratios]) for i in (0, 1))
+        pos3 = np.arange(len(ratios))
+        ax3.bar(pos3, mid, color="tab:purple")
+        ax3.errorbar(pos3, mid, yerr=[mid - low, high - mid], fmt="none", ecolor="black", capsize=4)
+        ax3.axhline(1.0, color="grey", linewidth=1)
+        ax3.set_xticks(pos3, [f"{r['pair'].replace(' / ', chr(10) + '/ ')}\n{r['threads']} thr" for r in ratios],
+                       fontsize=7)
+        ax3.set_title(f"throughput ratio at batch {b},\nround by round (median, range)")
+    for ax in axes:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

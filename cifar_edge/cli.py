@@ -370,10 +370,10 @@ def _thread_list(ctx, param, value):
               help="Timed batch-1 calls per model.")
 @click.option("--batch-sizes", default="32,256", show_default=True, callback=lambda c, p, v: _int_list(v),
               help="Comma-separated batch sizes for the throughput test.")
-@click.option("--batch-repeats", type=click.IntRange(min=1), default=40, show_default=True,
+@click.option("--batch-repeats", type=click.IntRange(min=1), default=60, show_default=True,
               help="Timed calls per model and batch size, split over the rounds.")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Interleaved timing rounds (every model once per round).")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Interleaved timing rounds (every model once per round); ratios are taken round by round.")
 @click.option("--keras/--no-keras", "use_keras", default=True, show_default=True,
               help="Include the source Keras model (needs TensorFlow).")
 @click.option("--tflite/--no-tflite", default=True, show_default=True,
@@ -391,7 +391,7 @@ def bench(target, threads, warmup, repeats, batch_sizes, batch_repeats, rounds, 
 
     Keras, ONNX fp32 and ONNX int8, and as the baseline TFLite fp32 and
     int8 (XNNPACK) built from the same Keras model, with the ONNX-int8 /
-    TFLite-int8 ratios from the same run.  Writes bench.json, bench.md and
+    TFLite-int8 and ONNX-int8 / ONNX-fp32 ratios taken round by round.  Writes bench.json, bench.md and
     bench.png.  TARGET is an export folder, its manifest.json, or an ONNX
     model beside one.
     """

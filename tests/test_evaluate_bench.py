@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import CIFAR10_CLASSES, EXACT_TEST_IMAGES, keras_probabilities, ort_probabilities
 
-from cifar_edge.benchmark import interleaved, percentiles
+from cifar_edge.benchmark import interleaved, paired_ratios, percentiles
 from cifar_edge.datasets import load_dataset
 from cifar_edge.variants import Variant
 
@@ -98,7 +98,7 @@ def test_interleaved_gives_each_block_a_pause_and_an_untimed_first_call(monkeypa
         return Variant(name=name, path=None, predict=run, raw=run, preprocess=lambda x: x)
 
     times = interleaved([fake("a"), fake("b")], {"a": 1, "b": 1}, warmup=2, repeats=6, rounds=3)
-    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}
+    assert {k: [len(r) for r in v] for k, v in times.items()} == {"a": [2, 2, 2], "b": [2, 2, 2]}
     pause = ("pause", benchmark.SETTLE_S)
     block = lambda name: [pause, name, name, name]  # pause, untimed call, 2 timed calls
     assert events == ["a", "a", "b", "b"] + (block("a") + block("b")) * 3
@@ -140,15 +140,29 @@ def test_bench_times_every_variant(bench_run):
     assert "onnx-int8 / tflite-int8" in result.out
 
 
-def test_bench_ratios_are_computed_from_the_rows(bench_run):
-    _, _, report = bench_run
-    rows = {r["model"]: r for r in report["models"]}
-    (ratio,) = report["ratios"]
-    assert ratio["threads"] == 1
-    assert ratio["latency_b1_p50"] == pytest.approx(
-        rows["onnx-int8"]["latency_b1_ms"]["p50"] / rows["tflite-int8"]["latency_b1_ms"]["p50"])
-    assert ratio["throughput"]["8"] == pytest.approx(
-        rows["onnx-int8"]["throughput_ips"]["8"] / rows["tflite-int8"]["throughput_ips"]["8"])
+def test_paired_ratios_are_taken_round_by_round():
+    # Round 2 is a slow spell for both models: the per-round ratio stays 0.5, the pooled one would not.
+    lat = {"onnx-int8": [np.array([1.0, 1.0]), np.array([4.0, 4.0]), np.array([1.0, 3.0])],
+           "tflite-int8": [np.array([2.0, 2.0]), np.array([8.0, 8.0]), np.array([4.0, 4.0])]}
+    batches = {8: {"onnx-int8": [np.array([1.0]), np.array([5.0]), np.array([2.0])],
+                   "tflite-int8": [np.array([3.0]), np.array([15.0]), np.array([2.0])]}}
+    (r,) = paired_ratios(lat, batches, threads=2)  # no onnx-fp32: that pair is left out
+    assert r["pair"] == "onnx-int8 / tflite-int8" and r["threads"] == 2 and r["rounds"] == 3
+    assert r["latency_b1_p50"] == pytest.approx(0.5) and r["latency_b1_p50_range"] == [0.5, 0.5]
+    assert r["throughput"]["8"] == pytest.approx(3.0) and r["throughput_range"]["8"] == [1.0, 3.0]
+
+
+def test_bench_reports_both_ratios_round_by_round(bench_run):
+    result, out, report = bench_run
+    assert [(r["pair"], r["threads"], r["rounds"]) for r in report["ratios"]] == [
+        ("onnx-int8 / tflite-int8", 1, 2), ("onnx-int8 / onnx-fp32", 1, 2)]
+    for r in report["ratios"]:
+        low, high = r["throughput_range"]["8"]
+        assert 0 < low <= r["throughput"]["8"] <= high
+        low, high = r["latency_b1_p50_range"]
+        assert 0 < low <= r["latency_b1_p50"] <= high
+    assert "onnx-int8 / onnx-fp32 at 1 thread(s), median of 2 rounds" in result.out
+    assert "| onnx-int8 / onnx-fp32 | 1 |" in (out / "bench.md").read_text()
 
 
 def test_bench_times_infer_end_to_end_and_cold_start(bench_run):
@@ -167,7 +181,7 @@ def test_bench_onnx_only(cli, seed_export, tmp_path):
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "bench.json").read_text())
     assert {r["model"] for r in report["models"]} == {"onnx-fp32", "onnx-int8"}
-    assert report["ratios"] == []
+    assert [r["pair"] for r in report["ratios"]] == ["onnx-int8 / onnx-fp32"]
 
 
 def test_bench_bad_thread_list_is_usage_error(cli, seed_export):
