@@ -410,6 +410,19 @@ def test_fast_jpeg_path_gives_pillows_pixels(images, monkeypatch, tmp_path):
         np.testing.assert_array_equal(load_image(path), _pillow_only(monkeypatch, path), err_msg=path.name)
 
 
+def test_fast_jpeg_path_keeps_pillows_bomb_limit(images, monkeypatch):
+    from PIL import Image as PILImage
+
+    from cifar_edge.runtime.images import PILLOW_DEFAULT_MAX_PIXELS, decode_plain_jpeg
+
+    path = images["real"][0]
+    assert PILLOW_DEFAULT_MAX_PIXELS == PILImage.MAX_IMAGE_PIXELS  # the copy matches this Pillow's default
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # a 32x32 image is 1,024 pixels
+    assert decode_plain_jpeg(path) is None  # so Pillow decodes it, and warns (or raises) as it is set to
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", None)
+    assert decode_plain_jpeg(path).shape == (32, 32, 3)
+
+
 def test_unusual_jpegs_go_to_pillow(images, tmp_path):
     from cifar_edge.runtime.images import decode_plain_jpeg
 

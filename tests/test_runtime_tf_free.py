@@ -62,6 +62,12 @@ def test_infer_does_not_import(infer_probe, name):
     assert _loaded(data["modules"], name) == []
 
 
+def test_infer_of_a_plain_jpeg_does_not_import_pillow(infer_probe):
+    # simplejpeg decodes it; Pillow's import would be ~15 ms of the cold start.
+    _, data = infer_probe
+    assert _loaded(data["modules"], "PIL") == []
+
+
 def test_infer_does_not_import_the_trainer_package(infer_probe):
     _, data = infer_probe
     assert _loaded(data["modules"], "cifar_edge.trainer") == []
