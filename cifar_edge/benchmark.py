@@ -7,9 +7,11 @@ bare model call with preprocessed input, so the numbers compare engines,
 not Python glue.  Timings are taken in interleaved rounds (every variant
 once per round) so that machine noise hits all variants alike, and the
 ratios (ONNX int8 over TFLite int8, and over ONNX fp32) are computed
-round by round: each round's pair of blocks ran within a second of each
-other, so a slow spell of the machine slows both.  The report gives the
-median of the per-round ratios and their range.
+round by round: the models run in the order onnx-fp32, onnx-int8,
+tflite-int8, tflite-fp32, so each ratio's two blocks are timed one right
+after the other and a slow spell of the machine slows both.  The report
+gives the median of the per-round ratios and their range; a median of
+ratios need not equal the ratio of the two models' pooled columns.
 TensorFlow's own thread pool is fixed per process, so Keras is timed at
 the first thread count only.
 """
@@ -111,11 +113,12 @@ def paired_ratios(latency: dict[str, list[np.ndarray]], batches: dict[int, dict[
     for num, den in RATIO_PAIRS:
         if num not in latency or den not in latency:
             continue
-        lat = [np.median(a) / np.median(b) for a, b in zip(latency[num], latency[den])]
-        thr = {str(b): [np.median(d) / np.median(n) for n, d in zip(times[num], times[den])]
+        lat = [np.median(a) / np.median(b) for a, b in zip(latency[num], latency[den], strict=True)]
+        thr = {str(b): [np.median(d) / np.median(n) for n, d in zip(times[num], times[den], strict=True)]
                for b, times in batches.items()}
         out.append({
             "pair": f"{num} / {den}", "threads": threads, "rounds": len(lat),
+            "batch_rounds": {b: len(r) for b, r in thr.items()},
             "latency_b1_p50": float(np.median(lat)), "latency_b1_p50_range": [float(min(lat)), float(max(lat))],
             "throughput": {b: float(np.median(r)) for b, r in thr.items()},
             "throughput_range": {b: [float(min(r)), float(max(r))] for b, r in thr.items()},
@@ -132,7 +135,8 @@ def _tflite_variants(keras: Variant, manifest, threads: int, tflite_paths: dict[
     from cifar_edge.tflite_baseline import predictor
 
     out = []
-    for name, path in tflite_paths.items():
+    for name in sorted(tflite_paths, key=lambda n: n != "int8"):  # int8 first: timed right after ONNX int8
+        path = tflite_paths[name]
         run = predictor(path, threads)
         prep = keras.preprocess
 
@@ -191,6 +195,7 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
 
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
+    batch_rounds = min(config.rounds, config.batch_repeats)
     accuracy: dict[str, dict[str, float]] = {}
     for t in threads:
         variants: list[Variant] = []
@@ -206,8 +211,10 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
         batches = {}
         for b in config.batch_sizes:
             batch = {v.name: v.preprocess(pixels[:b]) for v in variants}
-            batches[b] = interleaved(variants, batch, 2, config.batch_repeats, min(config.rounds, config.batch_repeats))
+            batches[b] = interleaved(variants, batch, 2, config.batch_repeats, batch_rounds)
         ratios += paired_ratios(lat, batches, t)
+        timed_calls = {"b1": sum(map(len, lat[variants[0].name])),
+                 "per_batch_size": sum(map(len, batches[config.batch_sizes[0]][variants[0].name]))}
         for v in variants:
             row = {"model": v.name, "threads": t, "bytes": v.size_bytes,
                    "latency_b1_ms": percentiles(np.concatenate(lat[v.name])),
@@ -243,6 +250,8 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
         "repeats": config.repeats,
         "rounds": config.rounds,
         "batch_repeats": config.batch_repeats,
+        "batch_rounds": batch_rounds,
+        "timed_calls": timed_calls,  # what was timed: repeats rounded down to whole rounds
         "accuracy_data": f"{config.data} (test, {len(test)} images)" if test is not None else None,
         "timed": "bare model call on preprocessed input (onnxruntime session.run, TFLite invoke, "
                  "compiled tf.function), interleaved rounds",
@@ -251,9 +260,10 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
         "manifest": str(manifest.path),
     }
     for r in ratios:
-        echo(f"{r['pair']} at {r['threads']} thread(s), median of {r['rounds']} rounds (range): "
-             f"b1 p50 latency x{_ranged(r, 'latency_b1_p50')}, "
-             + ", ".join(f"b{b} throughput x{_ranged(r, 'throughput', str(b))}" for b in config.batch_sizes))
+        echo(f"{r['pair']} at {r['threads']} thread(s), median over rounds (range): "
+             f"b1 p50 latency x{_ranged(r, 'latency_b1_p50')} ({r['rounds']} rounds), "
+             + ", ".join(f"b{b} throughput x{_ranged(r, 'throughput', str(b))} ({r['batch_rounds'][str(b)]} rounds)"
+                         for b in config.batch_sizes))
     write_json(out / "bench.json", report)
     write_text(out / "bench.md", _markdown(report))
     _plot(report, out / "bench.png")
@@ -327,9 +337,10 @@ def _markdown(report: dict[str, Any]) -> str:
     bs = report["batch_sizes"]
     acc = report["accuracy_data"]
     lines = [f"# Benchmark ({report['machine']['cpu_count']} cores, {report['machine']['machine']})", "",
-             f"Batch-1 latency over {report['repeats']} calls in {report['rounds']} interleaved rounds after "
-             f"{report['warmup']} warm-up calls; throughput from the median of {report['batch_repeats']} batches "
-             f"(same rounds). "
+             f"Batch-1 latency over {report['timed_calls']['b1']} calls in {report['rounds']} interleaved rounds "
+             f"after {report['warmup']} warm-up calls; throughput from the median of "
+             f"{report['timed_calls']['per_batch_size']} calls per batch size, in {report['batch_rounds']} "
+             f"interleaved rounds of their own. "
              f"Timed: {report['timed']}." + (f" Accuracy on {acc}." if acc else ""), "",
              "| model | threads | b1 p50 ms | b1 p90 ms | b1 p99 ms | "
              + " | ".join(f"b{b} img/s" for b in bs) + " | size | accuracy | agreement with Keras |",
@@ -342,8 +353,9 @@ def _markdown(report: dict[str, Any]) -> str:
                      + " | ".join(f"{r['throughput_ips'][str(b)]:,.0f}" for b in bs)
                      + f" | {r['bytes'] / 1024:.0f} KiB | {a} | {g} |")
     if report["ratios"]:
-        lines += ["", "Ratios, round by round (each round times both models back to back), median over the rounds "
-                  "and the range; latency below 1 and throughput above 1 favour the first model:", "",
+        lines += ["", "Ratios, round by round (each round times both models one right after the other), median "
+                  "over the rounds and the range; latency below 1 and throughput above 1 favour the first model. "
+                  "A median of per-round ratios need not equal the ratio of the two rows above.", "",
                   "| pair | threads | b1 p50 latency | " + " | ".join(f"b{b} throughput" for b in bs) + " |",
                   "|---|---:|---:|" + "---:|" * len(bs)]
         for r in report["ratios"]:
@@ -403,6 +415,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         ax3.axhline(1.0, color="grey", linewidth=1)
         ax3.set_xticks(pos3, [f"{r['pair'].replace(' / ', chr(10) + '/ ')}\n{r['threads']} thr" for r in ratios],
                        fontsize=7)
+        ax3.set_ylabel("ratio (above 1 favours the first model)")
         ax3.set_title(f"throughput ratio at batch {b},\nround by round (median, range)")
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -420,6 +421,14 @@ def test_fast_jpeg_path_keeps_pillows_bomb_limit(images, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # a 32x32 image is 1,024 pixels
     assert decode_plain_jpeg(path) is None  # so Pillow decodes it, and warns (or raises) as it is set to
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", None)
+    assert decode_plain_jpeg(path).shape == (32, 32, 3)
+    # Before Pillow is imported (infer on plain JPEGs never imports it), Pillow's default applies.
+    import cifar_edge.runtime.images as images_module
+
+    monkeypatch.delitem(sys.modules, "PIL.Image")
+    monkeypatch.setattr(images_module, "PILLOW_DEFAULT_MAX_PIXELS", 100)
+    assert decode_plain_jpeg(path) is None
+    monkeypatch.setattr(images_module, "PILLOW_DEFAULT_MAX_PIXELS", 2000)
     assert decode_plain_jpeg(path).shape == (32, 32, 3)
 
 

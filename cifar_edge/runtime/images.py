@@ -4,7 +4,7 @@ Training reads its JPEG folders through `load_image` too, so a test image
 reaches the ONNX model with exactly the pixels Keras saw.
 
 Pillow is imported where it is used, not at the top: plain JPEGs (simplejpeg)
-never need it, and its import is ~15 ms of the ~230 ms from `cifar-edge infer`
+never need it, and its import was ~15 ms of the ~210 ms from `cifar-edge infer`
 starting to its first prediction.
 """
 
