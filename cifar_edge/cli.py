@@ -210,7 +210,7 @@ def _floats(ctx, param, value):
               "for stems that lose accuracy at 7 bits.")
 @click.option("--pad-stem/--no-pad-stem", default=True, show_default=True,
               help="Pad the int8 model's first conv to a multiple of 4 input channels (exact), for onnxruntime's "
-              "batch-parallel x86 int8 conv kernel.  Not with --uint8-input or --first-conv-8bit.")
+              "batch-parallel x86 int8 conv kernel.  Not with --first-conv-8bit.")
 @click.option("--parity-data", type=click.Path(path_type=Path), default=None,
               help="Images for the parity check (test split preferred).  [default: --calib-data]")
 @click.option("--parity-size", type=click.IntRange(min=1), default=500, show_default=True)

@@ -181,35 +181,54 @@ def test_bn_fold_leaves_other_graphs_alone(scale, shape):
     assert [n.op_type for n in proto.graph.node] == ["Conv", "MaxPool", "Mul", "Add", "Relu"]
 
 
-def test_uint8_int8_model_has_no_float_preprocessing(uint8_export, seed_export, test_images_200):
+def test_uint8_int8_model_scales_in_its_stem_padding(uint8_export, seed_export, test_images_200):
     proto = onnx.load(str(uint8_export / "model.int8.onnx"))
-    first_users = [n.op_type for n in proto.graph.node if "images" in n.input]
-    assert first_users == ["Transpose"]  # pixels go straight in as the quantized tensor
-    assert not any(n.op_type in ("Cast", "Mul") for n in proto.graph.node[:3])
+    assert [n.op_type for n in proto.graph.node if "images" in n.input] == ["Cast"]
+    assert [n.op_type for n in proto.graph.node[:2]] == ["Cast", "MatMul"]  # no Mul/Add: folded in
+    assert not any(n.op_type in ("Mul", "Add") for n in proto.graph.node)
     manifest = json.loads((uint8_export / "manifest.json").read_text())
-    assert manifest["preprocessing"]["in_graph_how"]["int8"] == "fused into the input quantization"
-    # Same int8 graph as the float-input export, so the same probabilities on real pixels.
+    assert manifest["preprocessing"]["in_graph_how"]["int8"] == "folded into the stem padding MatMul"
+    assert "padded" in manifest["quantization"]["stem"]
+    # The same quantization as the float-input export, and the same floats into it: the same numbers.
     pixels, _ = test_images_200
     u8 = ort.InferenceSession(str(uint8_export / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     f32 = ort.InferenceSession(str(seed_export.int8), providers=["CPUExecutionProvider"])
     a = u8.run(["probabilities"], {"images": pixels})[0]
-    b = f32.run(["probabilities"], {"images": pixels.astype(np.float32) / 255})[0]
-    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
-    assert np.abs(a - b).max() <= 0.02
+    b = f32.run(["probabilities"], {"images": Classifier(seed_export.int8).preprocess(pixels)})[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_uint8_fallback_prefix_for_non_integer_zero_point(seed_export, test_images_200):
+@pytest.mark.parametrize("scale, offset", [((2 / 255,) * 3, (-1.0,) * 3), ((0.01, 0.02, 0.03), (0.1, -0.2, 0.3))])
+def test_uint8_scaling_folds_into_the_stem_matmul_exactly(seed_export, test_images_200, scale, offset):
     from cifar_edge.exporter.uint8_input import to_uint8_input
     from cifar_edge.runtime.manifest import Preprocessing
 
-    prep = Preprocessing(scale=(2 / 255,) * 3, offset=(-1.0,) * 3)  # [-1, 1]: zero point 127.5
+    prep = Preprocessing(scale=scale, offset=offset)  # no whole-number zero point: cannot fuse into the quantize
     proto = onnx.load(str(seed_export.int8))
+    eye = proto.graph.node[0].input[1]
+    assert to_uint8_input(proto, prep) == "folded into the stem padding MatMul"
+    assert [n.op_type for n in proto.graph.node[:3]] == ["Cast", "MatMul", "Add"]
+    assert eye not in {i.name for i in proto.graph.initializer}  # the unscaled matrix is gone
+    pixels, _ = test_images_200
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"images": pixels[:16]})[0]
+    ref = ort.InferenceSession(str(seed_export.int8), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"images": prep.apply(pixels[:16])})[0]
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_uint8_fallback_prefix_when_nothing_can_absorb_the_scaling(seed_export, test_images_200):
+    from cifar_edge.exporter.uint8_input import to_uint8_input
+    from cifar_edge.runtime.manifest import Preprocessing
+
+    prep = Preprocessing(scale=(2 / 255,) * 3, offset=(-1.0,) * 3)
+    proto = onnx.load(str(seed_export.fp32))  # float graph: pixels meet a Transpose and a float Conv
     assert to_uint8_input(proto, prep) == "Cast/Mul/Add prefix"
     assert [n.op_type for n in proto.graph.node[:3]] == ["Cast", "Mul", "Add"]
     pixels, _ = test_images_200
     out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"images": pixels[:8]})[0]
-    ref = ort.InferenceSession(str(seed_export.int8), providers=["CPUExecutionProvider"]).run(
+    ref = ort.InferenceSession(str(seed_export.fp32), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"images": prep.apply(pixels[:8])})[0]
     np.testing.assert_allclose(out, ref, atol=1e-6)
 
@@ -247,17 +266,28 @@ def test_stem_padding_to_four_channels_is_exact():
     assert pad_stem_channels(_nhwc_stem(12)) is None  # too few filters for the direct kernel: left alone
 
 
-def test_int8_export_pads_the_stem_and_uint8_input_does_not(cli, seed_run, seed_export, uint8_export,
-                                                             test_images_200, tmp_path):
+def test_int8_export_pads_the_stem_exactly(cli, seed_run, seed_export, test_images_200, tmp_path):
+    from cifar_edge.exporter.uint8_input import to_uint8_input
+    from cifar_edge.runtime.manifest import Preprocessing
+
     int8 = onnx.load(str(seed_export.int8))
     assert int8.graph.node[0].op_type == "MatMul"  # kept in float, before everything else
     manifest = json.loads((seed_export.dir / "manifest.json").read_text())
     assert "padded" in manifest["quantization"]["stem"]
-    assert "MatMul" not in [n.op_type for n in onnx.load(str(uint8_export / "model.int8.onnx")).graph.node]
     # The padding changes no number: the unpadded int8 model gives the same probabilities.
     result = cli("export", seed_run.model, *EXPORT_ARGS, "--no-pad-stem", "--out", tmp_path)
     assert result.code == 0, result.err
-    assert onnx.load(str(tmp_path / "model.int8.onnx")).graph.node[0].op_type != "MatMul"
+    unpadded = onnx.load(str(tmp_path / "model.int8.onnx"))
+    assert unpadded.graph.node[0].op_type != "MatMul"
     pixels = test_images_200[0][:64]
     padded = Classifier(seed_export.int8).predict(pixels)
     np.testing.assert_allclose(Classifier(tmp_path / "model.int8.onnx").predict(pixels), padded, atol=1e-6)
+    # Unpadded, a uint8 input vanishes into the input quantization: pixels go straight in.
+    assert to_uint8_input(unpadded, Preprocessing()) == "fused into the input quantization"
+    assert [n.op_type for n in unpadded.graph.node if "images" in n.input] == ["Transpose"]
+    assert not any(n.op_type in ("Cast", "Mul") for n in unpadded.graph.node)
+    fused = ort.InferenceSession(unpadded.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"images": pixels})[0]
+    # The fused input quantization is pixel * 1/255, zero point 0: what min-max calibration finds on
+    # real images (some pixels 0, some 255), so the numbers are the same too.
+    np.testing.assert_allclose(fused, padded, atol=1e-6)

@@ -199,11 +199,10 @@ def _export_into(config: ExportConfig, model, preprocessing: Preprocessing, prep
         echo(f"calibrating int8 on {config.calib_size} images from {calib_data}")
         calib_seed = config.seed + 1
         calib_images, calib_desc, _ = sample_images(calib_data, CALIBRATION_SPLITS, config.calib_size, calib_seed)
-        # A uint8-input model folds the preprocessing into the input quantization instead (nothing
-        # float may come first there), so its stem stays as it is.
+        # Calibrated on the float-input graph; a uint8-input model then folds the scaling into the
+        # stem padding's MatMul (or, unpadded, into the input quantization): the same quantization.
         quantization = quantize_int8(float_path, int8_path, preprocessing.apply(calib_images), config.calib_method,
-                                    config.reduce_range, config.first_conv_8bit,
-                                    pad_stem=config.pad_stem and not config.uint8_input)
+                                    config.reduce_range, config.first_conv_8bit, pad_stem=config.pad_stem)
         if config.uint8_input:
             int8_proto = onnx.load(str(int8_path))
             uint8_how["int8"] = to_uint8_input(int8_proto, preprocessing)

@@ -5,7 +5,10 @@ x = pixel * scale + offset with one scale for all channels and
 -offset/scale a whole number in 0..255, the first QuantizeLinear re-set to
 (scale, -offset/scale) maps every pixel to itself.  The uint8 pixels then
 *are* the quantized input tensor and the Cast/Mul/Add/QuantizeLinear chain
-is deleted.  Otherwise a Cast -> Mul -> Add prefix does the scaling.
+is deleted.  When the pixels first meet a float MatMul instead (the int8
+model's stem padding, `quantize.pad_stem_channels`), the scaling folds into
+its weights: Cast -> MatMul(diag(scale) W) [-> Add(offset W)].  Otherwise a
+Cast -> Mul -> Add prefix does the scaling.
 """
 
 from __future__ import annotations
@@ -76,6 +79,50 @@ def fuse_into_quantize(proto: onnx.ModelProto, preprocessing: Preprocessing) -> 
     return True
 
 
+def fold_into_matmul(proto: onnx.ModelProto, preprocessing: Preprocessing) -> bool:
+    """Cast the pixels to float and fold the scaling into the MatMul they feed (see module doc).
+
+    (x * s + o) W = x (diag(s) W) + o W.  For the stem padding's identity W
+    each output is the same float product x * s (+ o) as the host-side
+    preprocessing, so the model computes exactly what it did with float input.
+    False if the input feeds anything but one MatMul by a constant matrix.
+    """
+    graph = proto.graph
+    users = [n for n in graph.node if INPUT_NAME in n.input]
+    inits = _initializers(proto)
+    if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[0] != INPUT_NAME:
+        return False
+    matmul = users[0]
+    if matmul.input[1] not in inits:
+        return False
+    weight = numpy_helper.to_array(inits[matmul.input[1]])
+    if weight.ndim != 2 or weight.shape[0] != 3 or weight.dtype != np.float32:
+        return False
+    scale = np.asarray(preprocessing.scale, dtype=np.float32)
+    offset = np.asarray(preprocessing.offset, dtype=np.float32)
+    original = matmul.input[1]
+    cast, scaled_weight = f"{INPUT_NAME}__float", f"{original}__scaled"
+    graph.initializer.append(numpy_helper.from_array((scale[:, None] * weight).astype(np.float32), scaled_weight))
+    graph.node.insert(0, helper.make_node("Cast", [INPUT_NAME], [cast], to=TensorProto.FLOAT,
+                                          name=f"{INPUT_NAME}__cast"))
+    matmul.input[0], matmul.input[1] = cast, scaled_weight
+    if not any(original in n.input for n in graph.node):
+        graph.initializer.remove(inits[original])
+    if offset.any():
+        product = matmul.output[0]
+        shifted = f"{product}__offset"
+        graph.initializer.append(numpy_helper.from_array((offset @ weight).astype(np.float32), f"{shifted}_value"))
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name == product:
+                    node.input[i] = shifted
+        graph.node.insert(list(graph.node).index(matmul) + 1,
+                          helper.make_node("Add", [product, f"{shifted}_value"], [shifted], name=shifted))
+    _set_input_uint8(proto)
+    onnx.checker.check_model(proto)
+    return True
+
+
 def prepend_scaling(proto: onnx.ModelProto, preprocessing: Preprocessing) -> None:
     """Feed uint8 pixels through Cast -> Mul(scale) -> Add(offset) into the float graph."""
     graph = proto.graph
@@ -100,8 +147,11 @@ def prepend_scaling(proto: onnx.ModelProto, preprocessing: Preprocessing) -> Non
 
 
 def to_uint8_input(proto: onnx.ModelProto, preprocessing: Preprocessing) -> str:
-    """Convert in place; returns how: 'fused into the input quantization' or 'Cast/Mul/Add prefix'."""
+    """Convert in place; returns how: 'fused into the input quantization', 'folded into the stem
+    padding MatMul' or 'Cast/Mul/Add prefix'."""
     if fuse_into_quantize(proto, preprocessing):
         return "fused into the input quantization"
+    if fold_into_matmul(proto, preprocessing):
+        return "folded into the stem padding MatMul"
     prepend_scaling(proto, preprocessing)
     return "Cast/Mul/Add prefix"
