@@ -217,14 +217,23 @@ def test_uint8_scaling_folds_into_the_stem_matmul_exactly(seed_export, test_imag
     np.testing.assert_array_equal(out, ref)
 
 
-def test_uint8_fallback_prefix_when_nothing_can_absorb_the_scaling(seed_export, test_images_200):
+@pytest.mark.parametrize("scale, offset, prefix, constant_shapes", [
+    ((1 / 255,) * 3, (0.0,) * 3, ["Cast", "Mul"], [()]),  # the default: no Add, a scalar Mul
+    ((2 / 255,) * 3, (-1.0,) * 3, ["Cast", "Mul", "Add"], [(), ()]),
+    ((0.01, 0.02, 0.03), (0.1, -0.2, 0.3), ["Cast", "Mul", "Add"], [(3,), (3,)]),
+])
+def test_uint8_fallback_prefix_when_nothing_can_absorb_the_scaling(seed_export, test_images_200, scale, offset,
+                                                                    prefix, constant_shapes):
     from cifar_edge.exporter.uint8_input import to_uint8_input
     from cifar_edge.runtime.manifest import Preprocessing
 
-    prep = Preprocessing(scale=(2 / 255,) * 3, offset=(-1.0,) * 3)
+    prep = Preprocessing(scale=scale, offset=offset)
     proto = onnx.load(str(seed_export.fp32))  # float graph: pixels meet a Transpose and a float Conv
-    assert to_uint8_input(proto, prep) == "Cast/Mul/Add prefix"
-    assert [n.op_type for n in proto.graph.node[:3]] == ["Cast", "Mul", "Add"]
+    assert to_uint8_input(proto, prep) == "/".join(prefix) + " prefix"
+    assert [n.op_type for n in proto.graph.node[:len(prefix) + 1]] == prefix + ["Transpose"]
+    # A scalar where all three channels agree: onnxruntime broadcasts a 3-vector along the last axis slowly.
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert [inits[n.input[1]].shape for n in proto.graph.node[1:len(prefix)]] == constant_shapes
     pixels, _ = test_images_200
     out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"images": pixels[:8]})[0]
