@@ -214,7 +214,7 @@ def bench(target: str | Path, config: BenchConfig, out: Path | None = None,
             batches[b] = interleaved(variants, batch, 2, config.batch_repeats, batch_rounds)
         ratios += paired_ratios(lat, batches, t)
         timed_calls = {"b1": sum(map(len, lat[variants[0].name])),
-                 "per_batch_size": sum(map(len, batches[config.batch_sizes[0]][variants[0].name]))}
+                       "per_batch_size": sum(map(len, batches[config.batch_sizes[0]][variants[0].name]))}
         for v in variants:
             row = {"model": v.name, "threads": t, "bytes": v.size_bytes,
                    "latency_b1_ms": percentiles(np.concatenate(lat[v.name])),

@@ -108,16 +108,12 @@ def fold_into_matmul(proto: onnx.ModelProto, preprocessing: Preprocessing) -> bo
     matmul.input[0], matmul.input[1] = cast, scaled_weight
     if not any(original in n.input for n in graph.node):
         graph.initializer.remove(inits[original])
-    if offset.any():
+    if offset.any():  # the Add takes over the MatMul's output name, so its consumers stay as they are
         product = matmul.output[0]
-        shifted = f"{product}__offset"
-        graph.initializer.append(numpy_helper.from_array((offset @ weight).astype(np.float32), f"{shifted}_value"))
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name == product:
-                    node.input[i] = shifted
+        matmul.output[0] = f"{product}__unshifted"
+        graph.initializer.append(numpy_helper.from_array((offset @ weight).astype(np.float32), f"{product}__offset"))
         graph.node.insert(list(graph.node).index(matmul) + 1,
-                          helper.make_node("Add", [product, f"{shifted}_value"], [shifted], name=shifted))
+                          helper.make_node("Add", [matmul.output[0], f"{product}__offset"], [product]))
     _set_input_uint8(proto)
     onnx.checker.check_model(proto)
     return True
@@ -139,25 +135,18 @@ def prepend_scaling(proto: onnx.ModelProto, preprocessing: Preprocessing) -> str
         for i, name in enumerate(node.input):
             if name == INPUT_NAME:
                 node.input[i] = scaled
-    steps = [("Cast", None)]
-    if any(v != 1 for v in preprocessing.scale):
-        steps.append(("Mul", _per_channel_or_scalar(preprocessing.scale, f"{INPUT_NAME}__scale")))
-    if any(v != 0 for v in preprocessing.offset):
-        steps.append(("Add", _per_channel_or_scalar(preprocessing.offset, f"{INPUT_NAME}__offset")))
-    prefix, source = [], INPUT_NAME
-    for k, (op, constant) in enumerate(steps):
-        target = scaled if k == len(steps) - 1 else f"{INPUT_NAME}__{op.lower()}"
-        if constant is None:
-            prefix.append(helper.make_node("Cast", [source], [target], to=TensorProto.FLOAT))
-        else:
+    prefix = [helper.make_node("Cast", [INPUT_NAME], [f"{INPUT_NAME}__cast"], to=TensorProto.FLOAT)]
+    for op, values, identity in (("Mul", preprocessing.scale, 1), ("Add", preprocessing.offset, 0)):
+        if any(v != identity for v in values):
+            constant = _per_channel_or_scalar(values, f"{INPUT_NAME}__{op.lower()}_by")
             graph.initializer.append(constant)
-            prefix.append(helper.make_node(op, [source, constant.name], [target]))
-        source = target
+            prefix.append(helper.make_node(op, [prefix[-1].output[0], constant.name], [f"{INPUT_NAME}__{op.lower()}"]))
+    prefix[-1].output[0] = scaled
     for node in reversed(prefix):
         graph.node.insert(0, node)
     _set_input_uint8(proto)
     onnx.checker.check_model(proto)
-    return "/".join(op for op, _ in steps)
+    return "/".join(node.op_type for node in prefix)
 
 
 def to_uint8_input(proto: onnx.ModelProto, preprocessing: Preprocessing) -> str:
